@@ -1,0 +1,267 @@
+"""Taking a checkpoint of a running managed container.
+
+freeze (runc pause) -> runc checkpoint --leave-running into local staging ->
+rootfs diff captured from the overlay upperdir while still frozen -> sizes of
+files open on volumes -> resume -> write to the store -> manifest last.
+
+One checkpoint at a time per container (a lock). If anything fails the job
+keeps running (resumed in `finally`, and by a guard process if we are
+killed) and the previous checkpoint stays intact (nothing is referenced
+before the manifest is written).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from mmbatch import events, faults, oci, open_files, rootfs_diff
+from mmbatch.compat import node_compat
+from mmbatch.config import Config
+from mmbatch.errors import CheckpointBusy, CheckpointError, MmbatchError
+from mmbatch.freeze_guard import FreezeGuard
+from mmbatch.runc import Runc, identity_flags, read_runtime_state
+
+CRIU_DIR = "criu"
+ROOTFS_DIR = "rootfs"
+
+
+@dataclass
+class CheckpointResult:
+    checkpoint_id: str
+    job_key: str
+    container_id: str
+    freeze_seconds: float
+    dump_seconds: float
+    total_seconds: float
+    bytes_total: int
+    bytes_uploaded: int
+    manifest: Any
+
+
+_criu_version_cache: Dict[str, str] = {}
+
+
+def criu_version(criu: str = "criu") -> str:
+    if criu not in _criu_version_cache:
+        try:
+            out = subprocess.run([criu, "--version"], capture_output=True, text=True, timeout=20).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        version = ""
+        for line in out.splitlines():
+            if line.lower().startswith("version:"):
+                version = line.split(":", 1)[1].strip()
+        _criu_version_cache[criu] = version
+    return _criu_version_cache[criu]
+
+
+def node_info() -> Dict[str, str]:
+    info = {"hostname": socket.gethostname()}
+    try:  # written by the spot watcher (mmbatchd) from IMDS when it runs
+        with open(os.environ.get("MMBATCH_NODE_INFO", "/run/mmbatch/node.json"), encoding="utf-8") as f:
+            data = json.load(f)
+        for k in ("instance_id", "instance_type", "availability_zone", "lifecycle"):
+            if isinstance(data.get(k), str):
+                info[k] = data[k]
+    except (OSError, ValueError):
+        pass
+    return info
+
+
+def pages_extents(image_dir: str) -> Callable[[str], Optional[list]]:
+    """Map a pages image (path relative to the checkpoint dir) to its pagemap
+    extents, so unchanged memory regions chunk identically."""
+    table: Dict[str, list] = {}
+    try:
+        from criu_bindings.images import iter_pagemaps
+
+        for _pagemap, pages, extents in iter_pagemaps(image_dir):
+            table[f"{CRIU_DIR}/{os.path.basename(pages)}"] = list(extents)
+    except Exception:
+        table = {}
+    return lambda rel: table.get(rel)
+
+
+def _lock(path: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CheckpointBusy("another checkpoint of this container is in progress") from None
+    return fd
+
+
+def open_repository(cfg: Config, job: Dict[str, Any]):
+    """The CheckpointRepository of a job (its store and namespace)."""
+    from mmbatch.checkpoints import CheckpointRepository
+    from mmbatch.identity import JobSettings, store_namespace
+    from mmbatch.store import open_store
+
+    url = job.get("image_path") or cfg.store.url
+    settings = JobSettings(
+        job_key=job["job_key"], managed=True, mode=job.get("mode", "iterative"),
+        interval=float(job.get("interval", cfg.checkpoint.interval)), diagnosis=bool(job.get("diagnosis")),
+        image_path=job.get("image_path", ""), image_subpath=job.get("image_subpath", ""),
+    )
+    store = open_store(url, cfg.store)
+    return CheckpointRepository(
+        store, store_namespace(settings), chunk_size=cfg.store.chunk_size,
+        pack_size=cfg.store.pack_size, parallel=cfg.store.parallel,
+    )
+
+
+def checkpoint_container(
+    container_id: str,
+    cfg: Config,
+    state_dir: str,
+    reason: str = "manual",
+    log: Callable[[str], None] = lambda msg: None,
+) -> CheckpointResult:
+    """Checkpoint one managed container. Raises CheckpointError; the job runs on."""
+    from shim import state as shim_state
+
+    st = shim_state.read(state_dir, container_id)
+    if not st or not st.get("managed"):
+        raise CheckpointError("not a managed container (no mmbatch state)", container_id=container_id)
+    job = st["job"]
+    job_key = job["job_key"]
+    cdir = shim_state.container_dir(state_dir, container_id)
+    lock_fd = _lock(os.path.join(cdir, "checkpoint.lock"))
+    staging = None
+    t_start = time.monotonic()
+    try:
+        globals_ = st.get("globals") or {}
+        root = globals_.get("root") or "/run/runc"
+        rstate = read_runtime_state(root, container_id)
+        if not rstate:
+            raise CheckpointError("the runtime has no state for it (not running?)", container_id=container_id,
+                                  job_key=job_key)
+        rootfs = rstate.get("config", {}).get("rootfs") or ""
+        spec = oci.read_spec(st["bundle"])
+        overlay = rootfs_diff.find_overlay(rootfs)
+
+        from mmbatch.manifest import Manifest, new_checkpoint_id
+
+        ckid = new_checkpoint_id()
+        staging = os.path.join(cfg.checkpoint.staging_dir, f"{container_id[:12]}-{ckid}")
+        images = os.path.join(staging, "out", CRIU_DIR)
+        rootfs_out = os.path.join(staging, "out", ROOTFS_DIR)
+        work = os.path.join(staging, "work")
+        for d in (images, rootfs_out, work):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chmod(cfg.checkpoint.staging_dir, 0o700)
+        runc = Runc(st["runtime"], identity_flags(globals_), log_file=os.path.join(work, "runc.log"))
+        status = (runc.state(container_id) or {}).get("status")
+        if status not in ("running", "paused"):
+            raise CheckpointError(f"container is {status or 'gone'}", container_id=container_id, job_key=job_key)
+        already_paused = status == "paused"
+
+        faults.point("before-freeze")
+        t_freeze = time.monotonic()
+        with FreezeGuard(runc.argv("resume", container_id)) as guard:
+            if not already_paused:
+                runc.pause(container_id)
+            try:
+                faults.point("frozen")
+                pids = _container_pids(runc, container_id)
+                volume_files = open_files.scan(pids, spec)
+                t_dump = time.monotonic()
+                runc.checkpoint(container_id, images, work, leave_running=True)
+                dump_seconds = time.monotonic() - t_dump
+                faults.point("dumped")
+                diff_stats = rootfs_diff.capture(overlay.upper, rootfs_out)
+                faults.point("captured")
+            finally:
+                if not already_paused:
+                    runc.resume(container_id)
+                    guard.release()
+        freeze_seconds = time.monotonic() - t_freeze
+        log(f"frozen {freeze_seconds:.3f}s (dump {dump_seconds:.3f}s)")
+
+        compat = node_compat(spec, st.get("image_id", ""), criu_version(), "")
+        template = Manifest(
+            checkpoint_id=ckid,
+            job_key=job_key,
+            container_id=container_id,
+            created_at=time.time(),
+            attempt=str(job.get("attempt", "")),
+            node=node_info(),
+            compat=compat,
+            open_files=[{"path": f["path"], "size": f["size"], "append": f["append"]} for f in volume_files],
+            stats={
+                "freeze_seconds": round(freeze_seconds, 6),
+                "dump_seconds": round(dump_seconds, 6),
+                "rootfs_files": diff_stats["files"],
+                "rootfs_bytes": diff_stats["bytes"],
+            },
+            labels={"reason": reason, "writable_files": ",".join(f["path"] for f in volume_files if f["writable"])},
+        )
+        repo = open_repository(cfg, job)
+        faults.point("before-upload")
+        manifest = repo.commit(os.path.join(staging, "out"), template, extents_for=pages_extents(images))
+        faults.point("committed")
+        try:
+            repo.prune(cfg.checkpoint.keep)
+        except MmbatchError as e:
+            log(f"pruning old checkpoints failed: {e}")
+        total = time.monotonic() - t_start
+        result = CheckpointResult(
+            checkpoint_id=manifest.checkpoint_id, job_key=job_key, container_id=container_id,
+            freeze_seconds=freeze_seconds, dump_seconds=dump_seconds, total_seconds=total,
+            bytes_total=int(manifest.stats.get("bytes_total", 0)),
+            bytes_uploaded=int(manifest.stats.get("bytes_uploaded", 0)), manifest=manifest,
+        )
+        events.emit(events.make(
+            "checkpoint", job_key, container_id, checkpoint_id=manifest.checkpoint_id, reason=reason,
+            freeze_seconds=freeze_seconds, dump_seconds=dump_seconds, total_seconds=total,
+            bytes_total=result.bytes_total, bytes_uploaded=result.bytes_uploaded,
+        ), repo)
+        return result
+    except MmbatchError as e:
+        e.container_id = e.container_id or container_id
+        e.job_key = e.job_key or job_key
+        events.emit(events.make("checkpoint-failed", job_key, container_id, reason=reason, error=str(e)))
+        raise
+    except OSError as e:
+        events.emit(events.make("checkpoint-failed", job_key, container_id, reason=reason, error=str(e)))
+        raise CheckpointError(f"checkpoint failed: {e}", container_id=container_id, job_key=job_key) from e
+    finally:
+        if staging:
+            if sys.exc_info()[0] is not None:
+                keep_logs(os.path.join(staging, "work"), f"{container_id[:12]}-dump")
+            shutil.rmtree(staging, ignore_errors=True)
+        os.close(lock_fd)
+
+
+def keep_logs(work: str, prefix: str) -> None:
+    """Keep CRIU's and runc's logs of a failed attempt under the log dir."""
+    dest = os.path.join(events.log_dir(), "criu")
+    try:
+        names = [n for n in os.listdir(work) if n.endswith(".log")]
+        if not names:
+            return
+        os.makedirs(dest, mode=0o750, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        for n in names:
+            shutil.copyfile(os.path.join(work, n), os.path.join(dest, f"{prefix}-{stamp}-{n}"))
+    except OSError:
+        pass
+
+
+def _container_pids(runc: Runc, cid: str) -> List[int]:
+    proc = runc.run("ps", "--format", "json", cid, check=False, timeout=30)
+    try:
+        pids = json.loads(proc.stdout or b"[]")
+    except ValueError:
+        return []
+    return [int(p) for p in pids or []]

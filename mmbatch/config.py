@@ -1,0 +1,292 @@
+"""Node configuration: /etc/mmbatch/config.toml, validated at load.
+
+Every key is known; an unknown key, a wrong type or a bad value is a
+ConfigError that names the file, the key and the reason. `MMBATCH_CONFIG`
+points at another file. A missing file means the embedded defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from mmbatch.durations import parse_duration
+from mmbatch.errors import ConfigError
+
+DEFAULT_PATH = "/etc/mmbatch/config.toml"
+
+MODES = ("iterative", "none")
+SSE_MODES = ("AES256", "aws:kms", "none")
+
+
+@dataclass
+class RuntimeSection:
+    delegate: str = "runc"
+    state_dir: str = "/run/mmbatch"
+    docker_socket: str = "/var/run/docker.sock"
+
+
+@dataclass
+class CheckpointSection:
+    mode: str = "iterative"
+    interval: float = 900.0
+    keep: int = 2
+    diagnosis: bool = False
+    staging_dir: str = "/var/lib/mmbatch/staging"
+    # CRIU behaviour for batch jobs (written to the CRIU config file runc reads).
+    tcp_close: bool = True
+    file_locks: bool = True
+    ext_unix_sk: bool = True
+    ghost_limit: str = "64M"
+    max_restore_failures: int = 3
+    # Restore-on-create may wait this long for a previous attempt's end record.
+    restore_timeout: float = 600.0
+    # Per-job MMBATCH_CHECKPOINT_IMAGE_PATH is only honoured under these roots.
+    allowed_image_paths: List[str] = field(default_factory=list)
+
+
+@dataclass
+class StoreSection:
+    url: str = "file:///var/lib/mmbatch/checkpoints"
+    endpoint_url: str = ""
+    region: str = ""
+    sse: str = "AES256"
+    kms_key_id: str = ""
+    expected_bucket_owner: str = ""
+    chunk_size: int = 2 * 1024 * 1024
+    pack_size: int = 16 * 1024 * 1024
+    parallel: int = 8
+
+
+@dataclass
+class SpotSection:
+    imds_endpoint: str = "http://169.254.169.254"
+    poll_seconds: float = 5.0
+    grace_seconds: float = 60.0
+
+
+@dataclass
+class ApiSection:
+    listen: str = "127.0.0.1:8080"
+    token_file: str = ""
+    socket: str = "/run/mmbatch/mmbatchd.sock"
+
+
+@dataclass
+class LogSection:
+    dir: str = "/var/log/mmbatch"
+    level: str = "info"
+
+
+@dataclass
+class Config:
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    store: StoreSection = field(default_factory=StoreSection)
+    spot: SpotSection = field(default_factory=SpotSection)
+    api: ApiSection = field(default_factory=ApiSection)
+    log: LogSection = field(default_factory=LogSection)
+    path: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("path", None)
+        return out
+
+
+_SECTIONS = {
+    "runtime": RuntimeSection,
+    "checkpoint": CheckpointSection,
+    "store": StoreSection,
+    "spot": SpotSection,
+    "api": ApiSection,
+    "log": LogSection,
+}
+
+_DURATION_KEYS = {
+    ("checkpoint", "interval"),
+    ("checkpoint", "restore_timeout"),
+    ("spot", "poll_seconds"),
+    ("spot", "grace_seconds"),
+}
+_SIZE_RE = re.compile(r"^\d+[KMG]?$")
+
+
+def config_path() -> str:
+    return os.environ.get("MMBATCH_CONFIG") or DEFAULT_PATH
+
+
+def _toml_loads(text: str) -> Dict[str, Any]:
+    try:
+        import tomllib  # type: ignore[import-not-found]
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib  # type: ignore[no-redef]
+    return tomllib.loads(text)
+
+
+def load(path: Optional[str] = None) -> Config:
+    """Load and validate the config file; defaults when it does not exist."""
+    path = path or config_path()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        cfg = Config()
+        cfg.path = path
+        return cfg
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", path=path) from e
+    return loads(text, path=path)
+
+
+def loads(text: str, path: str = "<string>") -> Config:
+    try:
+        data = _toml_loads(text)
+    except Exception as e:  # tomli's TOMLDecodeError names line and column
+        raise ConfigError(f"not valid TOML: {e}", path=path, hint="fix the syntax at the position shown") from e
+    return from_dict(data, path=path)
+
+
+def from_dict(data: Dict[str, Any], path: str = "<dict>") -> Config:
+    cfg = Config()
+    cfg.path = path
+    for section, values in data.items():
+        cls = _SECTIONS.get(section)
+        if cls is None:
+            raise ConfigError(
+                "unknown section", path=path, key=f"[{section}]",
+                hint=f"known sections: {', '.join(sorted(_SECTIONS))}",
+            )
+        if not isinstance(values, dict):
+            raise ConfigError("must be a table", path=path, key=section)
+        target = getattr(cfg, section)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in values.items():
+            full = f"{section}.{key}"
+            if key not in fields:
+                raise ConfigError(
+                    "unknown key", path=path, key=full,
+                    hint=f"known keys in [{section}]: {', '.join(sorted(fields))}",
+                )
+            setattr(target, key, _coerce(section, key, value, getattr(target, key), path))
+    validate(cfg)
+    return cfg
+
+
+def _coerce(section: str, key: str, value: Any, default: Any, path: str) -> Any:
+    full = f"{section}.{key}"
+    if (section, key) in _DURATION_KEYS:
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            raise ConfigError(str(e), path=path, key=full) from e
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"must be true or false, got {value!r}", path=path, key=full)
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"must be a whole number, got {value!r}", path=path, key=full)
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"must be a number, got {value!r}", path=path, key=full)
+        return float(value)
+    if isinstance(default, list):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError("must be a list of strings", path=path, key=full)
+        return list(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"must be a string, got {value!r}", path=path, key=full)
+    return value
+
+
+def validate(cfg: Config) -> None:
+    """Check values, not only types. Raises ConfigError naming the key."""
+    p = cfg.path
+    c = cfg.checkpoint
+    if c.mode not in MODES:
+        raise ConfigError(f"must be one of {', '.join(MODES)}, got {c.mode!r}", path=p, key="checkpoint.mode")
+    if c.interval < 10:
+        raise ConfigError(
+            f"{c.interval:g}s is too short", path=p, key="checkpoint.interval",
+            hint="use at least 10s (2m or more is recommended)",
+        )
+    if c.keep < 1:
+        raise ConfigError("must be at least 1", path=p, key="checkpoint.keep")
+    if c.max_restore_failures < 1:
+        raise ConfigError("must be at least 1", path=p, key="checkpoint.max_restore_failures")
+    if not os.path.isabs(c.staging_dir):
+        raise ConfigError("must be an absolute path", path=p, key="checkpoint.staging_dir")
+    if not _SIZE_RE.match(c.ghost_limit):
+        raise ConfigError("must be a size such as 64M", path=p, key="checkpoint.ghost_limit")
+    for root in c.allowed_image_paths:
+        if not os.path.isabs(root):
+            raise ConfigError(f"{root!r} must be an absolute path", path=p, key="checkpoint.allowed_image_paths")
+    r = cfg.runtime
+    if not r.delegate or "\0" in r.delegate:
+        raise ConfigError("must name a runtime", path=p, key="runtime.delegate")
+    if os.path.basename(r.delegate) in ("mmbatch-runtime",):
+        raise ConfigError(
+            "cannot delegate to mmbatch-runtime itself", path=p, key="runtime.delegate",
+            hint="name runc, nvidia-container-runtime or another OCI runtime",
+        )
+    if not os.path.isabs(r.state_dir):
+        raise ConfigError("must be an absolute path", path=p, key="runtime.state_dir")
+    s = cfg.store
+    if not (s.url.startswith("file://") or s.url.startswith("s3://") or s.url.startswith("/")):
+        raise ConfigError(
+            f"unsupported store URL {s.url!r}", path=p, key="store.url",
+            hint="use file:///path (a local or mounted file system) or s3://bucket/prefix",
+        )
+    if s.url.startswith("s3://") and not s.url[5:].split("/", 1)[0]:
+        raise ConfigError("s3 URL needs a bucket name", path=p, key="store.url")
+    if s.sse not in SSE_MODES:
+        raise ConfigError(f"must be one of {', '.join(SSE_MODES)}", path=p, key="store.sse")
+    if s.sse == "aws:kms" and not s.kms_key_id:
+        raise ConfigError("aws:kms needs store.kms_key_id", path=p, key="store.sse")
+    if s.chunk_size < 4096 or s.chunk_size % 4096:
+        raise ConfigError("must be a positive multiple of 4096", path=p, key="store.chunk_size")
+    if s.pack_size < s.chunk_size:
+        raise ConfigError("must be at least store.chunk_size", path=p, key="store.pack_size")
+    if s.parallel < 1:
+        raise ConfigError("must be at least 1", path=p, key="store.parallel")
+    if cfg.spot.poll_seconds <= 0:
+        raise ConfigError("must be positive", path=p, key="spot.poll_seconds")
+    if cfg.log.level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("must be debug, info, warning or error", path=p, key="log.level")
+
+
+DEFAULT_TOML = """\
+# mmbatch node configuration. Every key is optional; shown are the defaults.
+# Reference: README.md, "Configuration".
+
+[runtime]
+delegate = "runc"            # or "nvidia-container-runtime", or an absolute path
+state_dir = "/run/mmbatch"   # per-container state (never under runc's --root)
+
+[checkpoint]
+mode = "iterative"           # iterative | none
+interval = "15m"
+keep = 2                     # committed checkpoints kept per job
+diagnosis = false            # keep images after the job succeeds
+staging_dir = "/var/lib/mmbatch/staging"
+
+[store]
+url = "file:///var/lib/mmbatch/checkpoints"   # a mounted FSx/EFS/JuiceFS path, or s3://bucket/prefix
+endpoint_url = ""            # S3-compatible endpoint
+region = ""
+sse = "AES256"               # AES256 | aws:kms | none
+kms_key_id = ""
+
+[spot]
+imds_endpoint = "http://169.254.169.254"
+poll_seconds = 5
+
+[api]
+listen = "127.0.0.1:8080"
+token_file = ""
+"""

@@ -1,0 +1,173 @@
+"""Restore-on-create: a managed container's `create` becomes a restore of its
+job's latest good checkpoint.
+
+Order of checks, cheapest and safest first: the policy (was the previous
+attempt interrupted?), the checkpoint's compatibility with this container
+and node, its restore-failure count, then fetch and verify every chunk, then
+the volume files, then the rootfs diff (backed up so it can be undone), then
+`runc restore --detach`. Any failure falls back to the previous checkpoint,
+then to a cold create. The caller (shim create) never lets an exception out.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from mmbatch import attempts, events, faults, oci, open_files, rootfs_diff
+from mmbatch.checkpointer import CRIU_DIR, ROOTFS_DIR, criu_version, keep_logs, node_info, open_repository
+from mmbatch.compat import check as compat_check
+from mmbatch.compat import node_compat
+from mmbatch.config import Config
+from mmbatch.errors import IncompatibleCheckpoint, MmbatchError, RestoreError
+from mmbatch.identity import JobSettings
+from mmbatch.runc import Runc, identity_flags
+
+MAX_CANDIDATES = 3
+
+
+@dataclass
+class CreateRequest:
+    container_id: str
+    bundle: str
+    spec: Dict[str, Any]
+    settings: JobSettings
+    config: Config
+    runtime: str
+    globals_: Dict[str, str]
+    pid_file: str
+    console_socket: str
+    image_id: str
+    state_dir: str
+    log: Callable[[str, str], None]
+
+
+def restore_on_create(req: CreateRequest) -> bool:
+    """True when the container was restored (the create is done)."""
+    from shim import state as shim_state
+
+    cid = req.container_id
+    key = req.settings.job_key or ""
+    job = req.settings.to_dict()
+    repo = open_repository(req.config, job)
+    records = repo.list_records("attempts")
+    allowed, why = attempts.should_restore(records)
+    _record_attempt(repo, req, restored_from=None)
+    if not allowed:
+        req.log("info", f"cold start: {why}")
+        events.emit(events.make("cold-start", key, cid, reason=why), repo)
+        shim_state.update(req.state_dir, cid, decision="cold", reason=why)
+        return False
+    candidates = repo.list()[:MAX_CANDIDATES]
+    if not candidates:
+        shim_state.update(req.state_dir, cid, decision="cold", reason="no checkpoint")
+        return False
+    current = node_compat(req.spec, req.image_id, criu_version(), "")
+    if not req.image_id:
+        current["image_id"] = ""
+    for manifest in candidates:
+        ckid = manifest.checkpoint_id
+        failures = attempts.restore_failures(repo.get_record("restores", ckid))
+        if failures >= req.config.checkpoint.max_restore_failures:
+            _fallback(req, repo, ckid, f"skipped: failed to restore {failures} times")
+            continue
+        reason = compat_check(manifest.compat, current)
+        if reason:
+            _fallback(req, repo, ckid, f"incompatible: {reason}")
+            continue
+        try:
+            t0 = time.monotonic()
+            _restore_one(req, repo, manifest)
+        except MmbatchError as e:
+            counts = not isinstance(e, IncompatibleCheckpoint)
+            if counts:
+                repo.put_record("restores", ckid, {"failures": failures + 1, "last_error": str(e)[:2000],
+                                                   "time": time.time()})
+            _fallback(req, repo, ckid, str(e))
+            continue
+        seconds = time.monotonic() - t0
+        shim_state.update(req.state_dir, cid, decision="restored", checkpoint_id=ckid, restored_at=time.time())
+        _record_attempt(repo, req, restored_from=ckid)
+        req.log("info", f"restored {key} from checkpoint {ckid} in {seconds:.2f}s")
+        events.emit(events.make("restore", key, cid, checkpoint_id=ckid, seconds=seconds,
+                                source_container=manifest.container_id), repo)
+        return True
+    shim_state.update(req.state_dir, cid, decision="cold", reason="no restorable checkpoint")
+    events.emit(events.make("cold-start", key, cid, reason="no restorable checkpoint"), repo)
+    return False
+
+
+def _fallback(req: CreateRequest, repo, ckid: str, why: str) -> None:
+    req.log("warning", f"checkpoint {ckid} not used: {why}")
+    events.emit(events.make("restore-fallback", req.settings.job_key, req.container_id, checkpoint_id=ckid,
+                            reason=why), repo)
+
+
+def _record_attempt(repo, req: CreateRequest, restored_from: Optional[str]) -> None:
+    data = repo.get_record("attempts", req.container_id) or {}
+    data.update({
+        "container_id": req.container_id,
+        "attempt": req.settings.attempt,
+        "started_at": data.get("started_at") or time.time(),
+        "node": node_info(),
+        "restored_from": restored_from,
+        "end": None,
+    })
+    repo.put_record("attempts", req.container_id, data)
+
+
+def _restore_one(req: CreateRequest, repo, manifest) -> None:
+    cid = req.container_id
+    staging = os.path.join(req.config.checkpoint.staging_dir, f"restore-{cid[:12]}-{manifest.checkpoint_id}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging, mode=0o700)
+    touched: Optional[List[str]] = None
+    merged = oci.rootfs_path(req.spec, req.bundle)
+    backup = os.path.join(staging, "rootfs-backup.tar")
+    runc = Runc(req.runtime, identity_flags(req.globals_), log_file=os.path.join(staging, "runc.log"))
+    try:
+        out = os.path.join(staging, "out")
+        repo.fetch(manifest, out)  # verifies every chunk and file
+        faults.point("fetched")
+        writable = set(filter(None, manifest.labels.get("writable_files", "").split(",")))
+        recorded = [dict(f, writable=f["path"] in writable) for f in manifest.open_files]
+        truncations = open_files.plan_restore(recorded, req.spec)
+        touched = rootfs_diff.apply(merged, os.path.join(out, ROOTFS_DIR), backup)
+        open_files.truncate(truncations)
+        faults.point("before-restore")
+        work = os.path.join(staging, "work")
+        os.makedirs(work, mode=0o700)
+        args = ["restore", "--detach", "--no-subreaper", "--bundle", req.bundle,
+                "--image-path", os.path.join(out, CRIU_DIR), "--work-path", work]
+        if req.pid_file:
+            args += ["--pid-file", req.pid_file]
+        if req.console_socket:
+            args += ["--console-socket", req.console_socket]
+        # stdio stays inherited: runc maps the job's old stdio pipes onto the
+        # ones the engine just gave this create (descriptors.json).
+        runc.run(*args, cid, capture=False, stdin=None, timeout=req.config.checkpoint.restore_timeout)
+        status = (runc.state(cid) or {}).get("status")
+        if status != "running":
+            raise RestoreError(f"restored container is {status or 'gone'}, not running")
+    except (MmbatchError, OSError) as e:
+        runc.delete_force(cid)
+        if touched is not None:
+            try:
+                rootfs_diff.revert(merged, touched, backup)
+            except MmbatchError as re:
+                req.log("warning", f"rootfs revert incomplete: {re}")
+        if isinstance(e, MmbatchError):
+            e.job_key = e.job_key or req.settings.job_key
+            e.container_id = e.container_id or cid
+            if not isinstance(e, RestoreError) and not isinstance(e, IncompatibleCheckpoint):
+                raise RestoreError(str(e), container_id=cid, job_key=req.settings.job_key) from e
+            raise
+        raise RestoreError(f"restore failed: {e}", container_id=cid, job_key=req.settings.job_key) from e
+    finally:
+        if sys.exc_info()[0] is not None:
+            keep_logs(os.path.join(staging, "work"), f"{cid[:12]}-restore")
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Shared test harness: real dockerd, busybox/python images, runtimes."""
