@@ -168,23 +168,27 @@ def checkpoint_container(
 
         faults.point("before-freeze")
         t_freeze = time.monotonic()
-        with FreezeGuard(runc.argv("resume", container_id)) as guard:
-            if not already_paused:
+        # A container the user paused stays paused, and needs no guard.
+        guard = None if already_paused else FreezeGuard(runc.argv("resume", container_id)).start()
+        try:
+            if guard:
                 runc.pause(container_id)
-            try:
-                faults.point("frozen")
-                pids = _container_pids(runc, container_id)
-                volume_files = open_files.scan(pids, spec)
-                t_dump = time.monotonic()
-                runc.checkpoint(container_id, images, work, leave_running=True)
-                dump_seconds = time.monotonic() - t_dump
-                faults.point("dumped")
-                diff_stats = rootfs_diff.capture(overlay.upper, rootfs_out)
-                faults.point("captured")
-            finally:
-                if not already_paused:
+            faults.point("frozen")
+            pids = _container_pids(runc, container_id)
+            volume_files = open_files.scan(pids, spec)
+            t_dump = time.monotonic()
+            runc.checkpoint(container_id, images, work, leave_running=True)
+            dump_seconds = time.monotonic() - t_dump
+            faults.point("dumped")
+            diff_stats = rootfs_diff.capture(overlay.upper, rootfs_out)
+            faults.point("captured")
+        finally:
+            if guard:
+                try:
                     runc.resume(container_id)
                     guard.release()
+                finally:
+                    guard.close()  # without release(), the guard resumes the job
         freeze_seconds = time.monotonic() - t_freeze
         log(f"frozen {freeze_seconds:.3f}s (dump {dump_seconds:.3f}s)")
 
@@ -197,14 +201,14 @@ def checkpoint_container(
             attempt=str(job.get("attempt", "")),
             node=node_info(),
             compat=compat,
-            open_files=[{"path": f["path"], "size": f["size"], "append": f["append"]} for f in volume_files],
+            open_files=volume_files,
             stats={
                 "freeze_seconds": round(freeze_seconds, 6),
                 "dump_seconds": round(dump_seconds, 6),
                 "rootfs_files": diff_stats["files"],
                 "rootfs_bytes": diff_stats["bytes"],
             },
-            labels={"reason": reason, "writable_files": ",".join(f["path"] for f in volume_files if f["writable"])},
+            labels={"reason": reason},
         )
         repo = open_repository(cfg, job)
         faults.point("before-upload")

@@ -20,7 +20,7 @@ class FreezeGuard:
         self._w: Optional[int] = None
         self.pid: Optional[int] = None
 
-    def __enter__(self) -> FreezeGuard:
+    def start(self) -> FreezeGuard:
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -53,6 +53,7 @@ class FreezeGuard:
             self.close()
 
     def close(self) -> None:
+        """Let the guard go; unless release() came first, it resumes the job."""
         if self._w is not None:
             os.close(self._w)
             self._w = None
@@ -63,6 +64,3 @@ class FreezeGuard:
                 pass
             self.pid = None
 
-    def __exit__(self, *exc) -> None:
-        # Closing without release(): the guard resumes the container.
-        self.close()

@@ -133,9 +133,7 @@ def _restore_one(req: CreateRequest, repo, manifest) -> None:
         out = os.path.join(staging, "out")
         repo.fetch(manifest, out)  # verifies every chunk and file
         faults.point("fetched")
-        writable = set(filter(None, manifest.labels.get("writable_files", "").split(",")))
-        recorded = [dict(f, writable=f["path"] in writable) for f in manifest.open_files]
-        truncations = open_files.plan_restore(recorded, req.spec)
+        truncations = open_files.plan_restore(manifest.open_files, req.spec)
         touched = rootfs_diff.apply(merged, os.path.join(out, ROOTFS_DIR), backup)
         open_files.truncate(truncations)
         faults.point("before-restore")
