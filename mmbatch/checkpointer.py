@@ -232,10 +232,13 @@ def checkpoint_container(
         ), repo)
         return result
     except MmbatchError as e:
-        e.container_id = e.container_id or container_id
-        e.job_key = e.job_key or job_key
-        events.emit(events.make("checkpoint-failed", job_key, container_id, reason=reason, error=str(e)))
-        raise
+        events.emit(events.make("checkpoint-failed", job_key, container_id, reason=reason, error=e.message))
+        if isinstance(e, CheckpointError):
+            e.container_id = e.container_id or container_id
+            e.job_key = e.job_key or job_key
+            raise
+        raise CheckpointError(f"checkpoint failed: {e.message}", container_id=container_id, job_key=job_key,
+                              hint=e.hint) from e
     except OSError as e:
         events.emit(events.make("checkpoint-failed", job_key, container_id, reason=reason, error=str(e)))
         raise CheckpointError(f"checkpoint failed: {e}", container_id=container_id, job_key=job_key) from e

@@ -162,7 +162,7 @@ def _restore_one(req: CreateRequest, repo, manifest) -> None:
             e.job_key = e.job_key or req.settings.job_key
             e.container_id = e.container_id or cid
             if not isinstance(e, RestoreError) and not isinstance(e, IncompatibleCheckpoint):
-                raise RestoreError(str(e), container_id=cid, job_key=req.settings.job_key) from e
+                raise RestoreError(e.message, container_id=cid, job_key=req.settings.job_key, hint=e.hint) from e
             raise
         raise RestoreError(f"restore failed: {e}", container_id=cid, job_key=req.settings.job_key) from e
     finally:
