@@ -51,7 +51,9 @@ def wait_lines(name: str, n: int, timeout: float = 30) -> List[Line]:
             return got
         time.sleep(0.1)
     logs = dk.docker("logs", name, check=False)
-    raise AssertionError(f"{name}: fewer than {n} lines after {timeout}s: {logs.stdout[-500:]!r} {logs.stderr[-500:]!r}")
+    raise AssertionError(
+        f"{name}: fewer than {n} lines after {timeout}s: {logs.stdout[-500:]!r} {logs.stderr[-500:]!r}"
+    )
 
 
 def start_counter(containers: dk.Containers, image: str, job_id: str, attempt: int, vol: str,

@@ -125,7 +125,6 @@ def test_checkpoint_failing_three_times_is_skipped(containers, busybox_image, tm
 
 
 def _runtime_status(name: str) -> str:
-    c = jobs.cfg()
     st = dk.inspect(name)
     from mmbatch.runc import Runc
 
