@@ -8,7 +8,9 @@ delegate runtime judge it.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+TYPE_CHECKING = False  # typing costs milliseconds to import on the hot path
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Tuple
 
 # runc's global flags: name -> takes a value.
 GLOBAL_FLAGS = {
@@ -23,7 +25,7 @@ GLOBAL_FLAGS = {
 
 # Flags of the subcommands we intercept: name -> takes a value. Aliases map to
 # the long name.
-COMMAND_FLAGS: Dict[str, Dict[str, bool]] = {
+COMMAND_FLAGS = {
     "create": {
         "bundle": True,
         "console-socket": True,

@@ -5,13 +5,20 @@ TOML file needs a parser import on every call, so the two values the hot
 path needs (delegate, state_dir) are cached in a one-line file keyed on the
 config file's identity (path, mtime, size, inode); the TOML is parsed only
 when the config changes.
+
+Hot path: this module imports only `sys` and `posix` (both built in); `os`
+and `typing` cost milliseconds per container call and are imported only on
+the rare paths that need them.
 """
 
 from __future__ import annotations
 
-import os
+import posix
 import sys
-from typing import List, Optional, Tuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional, Tuple
 
 DEFAULT_CONFIG = "/etc/mmbatch/config.toml"
 DEFAULT_DELEGATE = "runc"
@@ -29,15 +36,20 @@ class DelegateNotFound(Exception):
         self.name = name
 
 
+def _env(name: str) -> str:
+    value = posix.environ.get(name.encode())
+    return value.decode(errors="surrogateescape") if value else ""
+
+
 def config_file() -> str:
-    return os.environ.get("MMBATCH_CONFIG") or DEFAULT_CONFIG
+    return _env("MMBATCH_CONFIG") or DEFAULT_CONFIG
 
 
 def cache_file() -> str:
-    return os.environ.get("MMBATCH_CONFIG_CACHE") or "/run/mmbatch/config.cache"
+    return _env("MMBATCH_CONFIG_CACHE") or "/run/mmbatch/config.cache"
 
 
-def _identity(st: os.stat_result, path: str) -> str:
+def _identity(st: posix.stat_result, path: str) -> str:
     return f"{path}\t{st.st_mtime_ns}\t{st.st_size}\t{st.st_ino}"
 
 
@@ -46,7 +58,7 @@ def runtime_settings() -> Tuple[str, str, Optional[str]]:
     to the defaults and names the problem, so a container still starts."""
     path = config_file()
     try:
-        st = os.stat(path)
+        st = posix.stat(path)
     except OSError:
         return DEFAULT_DELEGATE, DEFAULT_STATE_DIR, None
     ident = _identity(st, path)
@@ -58,6 +70,12 @@ def runtime_settings() -> Tuple[str, str, Optional[str]]:
             return parts[5], parts[6], None
     except OSError:
         pass
+    return _load_and_cache(path, ident, cache)
+
+
+def _load_and_cache(path: str, ident: str, cache: str) -> Tuple[str, str, Optional[str]]:
+    import os
+
     try:
         from mmbatch.config import load
 
@@ -76,30 +94,38 @@ def runtime_settings() -> Tuple[str, str, Optional[str]]:
     return cfg.runtime.delegate, cfg.runtime.state_dir, None
 
 
-def _same_file_as_self(path: str) -> bool:
+def _is_executable_file(path: str) -> bool:
     try:
-        me = os.path.realpath(sys.argv[0])
-        return os.path.realpath(path) == me
+        st = posix.stat(path)
     except OSError:
         return False
+    return (st.st_mode & 0o170000) == 0o100000 and posix.access(path, posix.X_OK)
+
+
+def _same_file_as_self(path: str) -> bool:
+    try:
+        a, b = posix.stat(path), posix.stat(sys.argv[0])
+    except (OSError, IndexError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def resolve(name: str) -> str:
     """Absolute path of the delegate runtime; searches PATH for bare names."""
-    if os.sep in name:
-        if os.access(name, os.X_OK) and not os.path.isdir(name):
+    if "/" in name:
+        if _is_executable_file(name):
             return name
         raise DelegateNotFound(name, name)
-    search = os.environ.get("PATH") or DEFAULT_PATH
-    for d in search.split(os.pathsep):
+    search = _env("PATH") or DEFAULT_PATH
+    for d in search.split(":"):
         if not d:
             continue
-        candidate = os.path.join(d, name)
-        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate) and not _same_file_as_self(candidate):
+        candidate = f"{d.rstrip('/')}/{name}"
+        if _is_executable_file(candidate) and not _same_file_as_self(candidate):
             return candidate
     raise DelegateNotFound(name, search)
 
 
 def exec_delegate(path: str, argv: List[str]) -> None:
     """Replace this process with the delegate, argv unchanged but argv[0]."""
-    os.execv(path, [path] + argv)
+    posix.execv(path, [path] + argv)
