@@ -166,6 +166,13 @@ def checkpoint_container(
             raise CheckpointError(f"container is {status or 'gone'}", container_id=container_id, job_key=job_key)
         already_paused = status == "paused"
 
+        # Most of the rootfs diff is copied while the job still runs; the
+        # frozen pass only copies what changed since (rootfs_diff docstring).
+        try:
+            pre = rootfs_diff.precopy(overlay.upper, rootfs_out)
+        except CheckpointError as e:
+            log(f"rootfs pre-copy skipped: {e}")
+            pre = None
         faults.point("before-freeze")
         t_freeze = time.monotonic()
         # A container the user paused stays paused, and needs no guard.
@@ -180,7 +187,7 @@ def checkpoint_container(
             runc.checkpoint(container_id, images, work, leave_running=True)
             dump_seconds = time.monotonic() - t_dump
             faults.point("dumped")
-            diff_stats = rootfs_diff.capture(overlay.upper, rootfs_out)
+            diff_stats = rootfs_diff.capture(overlay.upper, rootfs_out, pre)
             faults.point("captured")
         finally:
             if guard:
@@ -207,6 +214,8 @@ def checkpoint_container(
                 "dump_seconds": round(dump_seconds, 6),
                 "rootfs_files": diff_stats["files"],
                 "rootfs_bytes": diff_stats["bytes"],
+                "rootfs_frozen_bytes": diff_stats["frozen_bytes"],
+                "rootfs_precopy_seconds": round(pre.seconds, 6) if pre else 0.0,
             },
             labels={"reason": reason},
         )

@@ -7,6 +7,15 @@ restore". The diff is a tar of new and changed files plus a JSON list of
 deletions (overlay whiteouts: character devices 0/0) and opaque directories
 (xattr trusted.overlay.opaque=y: a directory deleted and made again).
 
+Most of the copying happens before the job is frozen: `precopy` puts every
+regular file that has not changed for a while into a base tar while the job
+runs, remembering each file's signature (inode, size, mtime, ctime, mode)
+taken before reading it. `capture`, while the job is frozen, then only stats
+the tree and copies what is new or whose signature changed (a file written
+after its pre-copy has a later mtime: files modified in the last seconds are
+never pre-copied, so the coarse timestamp clock cannot hide a write). The
+freeze therefore costs a stat walk plus the hot files, not the whole diff.
+
 Applying happens in a forked child chrooted into the new rootfs, so a
 symlink in the image can never redirect a write onto the host. Before
 applying, everything the diff will touch is backed up, so a failed restore
@@ -27,7 +36,9 @@ from typing import Dict, List, Optional, Tuple
 from mmbatch.errors import CheckpointError, RestoreError
 
 DIFF_TAR = "rootfs-diff.tar"
+BASE_TAR = "rootfs-base.tar"
 DIFF_META = "rootfs-diff.json"
+PRECOPY_MIN_AGE = 2.0  # seconds a file must have been left alone to be pre-copied
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 
 
@@ -106,41 +117,110 @@ def _is_opaque(path: str) -> bool:
     return False
 
 
-def capture(upper: str, out_dir: str, exclude: Tuple[str, ...] = ()) -> Dict[str, int]:
-    """Write DIFF_TAR and DIFF_META of `upper` into out_dir. Returns counts."""
+Signature = Tuple[int, int, int, int, int]
+
+
+def _signature(st: os.stat_result) -> Signature:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+@dataclass
+class Precopy:
+    """Regular files copied into BASE_TAR while the job ran, by signature."""
+
+    signatures: Dict[str, Signature]
+    bytes: int
+    seconds: float
+
+
+def _walk(upper: str):
+    """(relative path, absolute path) of every entry under upper, parents first."""
+    for dirpath, dirnames, filenames in os.walk(upper):
+        rel_dir = os.path.relpath(dirpath, upper)
+        dirnames.sort()
+        for name in sorted(dirnames) + sorted(filenames):
+            yield (name if rel_dir == "." else os.path.join(rel_dir, name)), os.path.join(dirpath, name)
+
+
+def precopy(upper: str, out_dir: str, min_age: float = PRECOPY_MIN_AGE) -> Precopy:
+    """Copy the cold regular files of `upper` into BASE_TAR (the job runs)."""
+    import time
+
+    t0 = time.monotonic()
+    cutoff = (time.time() - min_age) * 1e9
+    signatures: Dict[str, Signature] = {}
+    nbytes = 0
+    try:
+        with tarfile.open(os.path.join(out_dir, BASE_TAR), "w", format=tarfile.PAX_FORMAT) as tar:
+            for rel, full in _walk(upper):
+                st = os.lstat(full)
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+                    continue  # directories, links and hard links go in the frozen pass
+                if st.st_mtime_ns > cutoff or st.st_ctime_ns > cutoff:
+                    continue  # hot: copied while frozen
+                info = tar.gettarinfo(full, arcname=rel)
+                with open(full, "rb") as f:
+                    tar.addfile(info, f)
+                signatures[rel] = _signature(st)
+                nbytes += st.st_size
+    except OSError as e:
+        raise CheckpointError(f"pre-copying rootfs changes from {upper} failed: {e}") from e
+    return Precopy(signatures=signatures, bytes=nbytes, seconds=time.monotonic() - t0)
+
+
+def capture(upper: str, out_dir: str, pre: Optional[Precopy] = None) -> Dict[str, int]:
+    """Write DIFF_TAR and DIFF_META of `upper` into out_dir (the job is frozen).
+
+    With a precopy, files whose signature did not change stay in its base tar.
+    Returns counts: files, bytes (the whole diff), frozen_bytes (copied now).
+    """
     deleted: List[str] = []
     opaque: List[str] = []
+    unchanged: set = set()
     files = 0
     nbytes = 0
+    frozen_bytes = 0
     tar_path = os.path.join(out_dir, DIFF_TAR)
+    base = pre.signatures if pre else {}
     try:
         with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
-            for dirpath, dirnames, filenames in os.walk(upper):
-                rel_dir = os.path.relpath(dirpath, upper)
-                dirnames.sort()
-                for name in sorted(dirnames) + sorted(filenames):
-                    full = os.path.join(dirpath, name)
-                    rel = name if rel_dir == "." else os.path.join(rel_dir, name)
-                    if rel in exclude:
+            for rel, full in _walk(upper):
+                st = os.lstat(full)
+                if _is_whiteout(st):
+                    deleted.append(rel)
+                    continue
+                if stat.S_ISDIR(st.st_mode) and _is_opaque(full):
+                    opaque.append(rel)
+                if stat.S_ISSOCK(st.st_mode):
+                    continue  # sockets are recreated by CRIU, not by tar
+                files += 1
+                if stat.S_ISREG(st.st_mode):
+                    nbytes += st.st_size
+                    if base.get(rel) == _signature(st):
+                        unchanged.add(rel)
                         continue
-                    st = os.lstat(full)
-                    if _is_whiteout(st):
-                        deleted.append(rel)
-                        continue
-                    if stat.S_ISDIR(st.st_mode) and _is_opaque(full):
-                        opaque.append(rel)
-                    if stat.S_ISSOCK(st.st_mode):
-                        continue  # sockets are recreated by CRIU, not by tar
-                    tar.add(full, arcname=rel, recursive=False)
-                    files += 1
-                    if stat.S_ISREG(st.st_mode):
-                        nbytes += st.st_size
+                    frozen_bytes += st.st_size
+                tar.add(full, arcname=rel, recursive=False)
     except OSError as e:
         raise CheckpointError(f"capturing rootfs changes from {upper} failed: {e}") from e
-    meta = {"format": 1, "deleted": deleted, "opaque": opaque, "files": files, "bytes": nbytes}
+    meta = {
+        "format": 2,
+        "deleted": deleted,
+        "opaque": opaque,
+        "base": BASE_TAR if pre else None,
+        "base_skip": sorted(set(base) - unchanged),
+        "files": files,
+        "bytes": nbytes,
+    }
     with open(os.path.join(out_dir, DIFF_META), "w", encoding="utf-8") as f:
         json.dump(meta, f)
-    return {"files": files, "bytes": nbytes, "deleted": len(deleted), "opaque": len(opaque)}
+    if pre and not base:
+        os.unlink(os.path.join(out_dir, BASE_TAR))  # an empty base is not worth a file
+        meta["base"] = None
+        with open(os.path.join(out_dir, DIFF_META), "w", encoding="utf-8") as f:
+            json.dump(meta, f)
+    return {"files": files, "bytes": nbytes, "frozen_bytes": frozen_bytes, "deleted": len(deleted),
+            "opaque": len(opaque)}
 
 
 def _safe_name(name: str) -> bool:
@@ -196,6 +276,20 @@ def _extract_all(tar: tarfile.TarFile, members: List[tarfile.TarInfo], dest: str
     tar.extractall(dest, members=members, **kwargs)  # noqa: S202
 
 
+def _open_layers(diff_dir: str, meta: Dict) -> List[Tuple[tarfile.TarFile, List[tarfile.TarInfo]]]:
+    """The tars to extract, in order, each with the members to take from it."""
+    layers = []
+    skip = set(meta.get("base_skip") or [])
+    if meta.get("base"):
+        if meta["base"] != BASE_TAR:
+            raise RestoreError(f"rootfs diff names an unknown base {meta['base']!r}")
+        base = tarfile.open(os.path.join(diff_dir, BASE_TAR), "r")
+        layers.append((base, [m for m in base.getmembers() if m.name not in skip]))
+    top = tarfile.open(os.path.join(diff_dir, DIFF_TAR), "r")
+    layers.append((top, top.getmembers()))
+    return layers
+
+
 def apply(merged: str, diff_dir: str, backup_path: str) -> List[str]:
     """Apply a captured diff to the rootfs at `merged`; back up first.
 
@@ -204,11 +298,11 @@ def apply(merged: str, diff_dir: str, backup_path: str) -> List[str]:
     try:
         with open(os.path.join(diff_dir, DIFF_META), encoding="utf-8") as f:
             meta = json.load(f)
-        tar = tarfile.open(os.path.join(diff_dir, DIFF_TAR), "r")
+        layers = _open_layers(diff_dir, meta)
     except (OSError, ValueError, tarfile.TarError) as e:
         raise RestoreError(f"rootfs diff in {diff_dir} is unreadable: {e}") from e
-    with tar:
-        members = tar.getmembers()
+    try:
+        members = [m for _tar, ms in layers for m in ms]
         for m in members:
             if not _safe_name(m.name) or (m.islnk() and not _safe_name(m.linkname)):
                 raise RestoreError(f"rootfs diff has an unsafe entry {m.name!r}")
@@ -241,12 +335,16 @@ def apply(merged: str, diff_dir: str, backup_path: str) -> List[str]:
                     shutil.rmtree(p)
                 elif m.isdir() and os.path.lexists(p) and not os.path.isdir(p):
                     os.unlink(p)
-            _extract_all(tar, members, "/")
+            for tar, ms in layers:
+                _extract_all(tar, ms, "/")
 
         try:
             _in_chroot(merged, work)
         finally:
             backup_file.close()
+    finally:
+        for tar, _ms in layers:
+            tar.close()
     return touched
 
 

@@ -133,12 +133,21 @@ def parse(argv: List[str]) -> Invocation:
     if known is None:
         inv.opaque = True
         return inv
-    j, ok = _parse_flags(argv, i + 1, known, ALIASES.get(inv.command, {}), inv.flags)
-    if not ok:
-        inv.opaque = True
-        return inv
-    # urfave/cli stops at the first positional; flags after it belong to args.
-    inv.args = argv[j:]
+    # urfave/cli v1 (runc) moves flags given after the positionals in front of
+    # them ("runc delete ID --force" is a forced delete); "--" ends flags.
+    aliases = ALIASES.get(inv.command, {})
+    j = i + 1
+    while j < len(argv):
+        j, ok = _parse_flags(argv, j, known, aliases, inv.flags)
+        if not ok:
+            inv.opaque = True
+            return inv
+        if j < len(argv) and argv[j - 1] == "--":
+            inv.args.extend(argv[j:])
+            break
+        if j < len(argv):
+            inv.args.append(argv[j])
+            j += 1
     return inv
 
 

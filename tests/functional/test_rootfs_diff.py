@@ -57,7 +57,8 @@ def image(tmp_path, needs_root):
     assert not os.path.exists(outside), "a write escaped the container's rootfs"
 
 
-def test_capture_apply_revert(image):
+@pytest.mark.parametrize("precopied", [False, True], ids=["frozen-only", "precopied"])
+def test_capture_apply_revert(image, precopied):
     base, lower, outside, mounts = image
     old = _overlay(base, "old", lower)
     mounts.append(old)
@@ -76,7 +77,21 @@ def test_capture_apply_revert(image):
     diff = base / "diff"
     diff.mkdir()
     upper = rootfs_diff.find_overlay(str(old)).upper
-    stats = rootfs_diff.capture(upper, str(diff))
+    if precopied:
+        (old / "cold").write_text("cold file")
+        (old / "changes-after-precopy").write_text("v1")
+        (old / "deleted-after-precopy").write_text("bye")
+        # min_age=0: every file counts as cold here (ctime cannot be set back)
+        pre = rootfs_diff.precopy(str(upper), str(diff), min_age=0)
+        assert {"cold", "changes-after-precopy", "deleted-after-precopy", "c"} <= set(pre.signatures)
+        # the job runs on between the pre-copy and the freeze
+        (old / "changes-after-precopy").write_text("v2, longer")
+        (old / "deleted-after-precopy").unlink()
+        expected = _tree(old)
+        stats = rootfs_diff.capture(upper, str(diff), pre)
+        assert stats["frozen_bytes"] < stats["bytes"]
+    else:
+        stats = rootfs_diff.capture(upper, str(diff))
     assert stats["deleted"] == 1 and stats["opaque"] == 1
 
     new = _overlay(base, "new", lower)

@@ -100,7 +100,8 @@ def test_scan_finds_open_volume_files_of_a_process(tmp_path):
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
-300 22 0:50 / /var/lib/docker/overlay2/abc/merged rw,relatime - overlay overlay rw,lowerdir=l/AAA:l/BBB,upperdir=abc/diff,workdir=abc/work
+300 22 0:50 / /var/lib/docker/overlay2/abc/merged rw,relatime - overlay overlay \
+rw,lowerdir=l/AAA:l/BBB,upperdir=abc/diff,workdir=abc/work
 301 22 0:51 / /mnt/with\\040space rw - overlay overlay rw,lowerdir=/lo,upperdir=/up\\040x,workdir=/w
 """
 
