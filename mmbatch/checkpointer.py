@@ -21,13 +21,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 from mmbatch import events, faults, oci, open_files, rootfs_diff
 from mmbatch.compat import node_compat
 from mmbatch.config import Config
 from mmbatch.errors import CheckpointBusy, CheckpointError, MmbatchError
 from mmbatch.freeze_guard import FreezeGuard
+from mmbatch.freezer import Freezer
 from mmbatch.runc import Runc, identity_flags, read_runtime_state
 
 CRIU_DIR = "criu"
@@ -175,14 +176,15 @@ def checkpoint_container(
             pre = None
         faults.point("before-freeze")
         t_freeze = time.monotonic()
-        # A container the user paused stays paused, and needs no guard.
+        # A container the user paused stays paused, and needs no guard. The
+        # cgroup is frozen directly: a `runc pause` process costs frozen time.
+        freezer = Freezer(rstate.get("cgroup_paths") or {})
         guard = None if already_paused else FreezeGuard(runc.argv("resume", container_id)).start()
         try:
             if guard:
-                runc.pause(container_id)
+                freezer.freeze()
             faults.point("frozen")
-            pids = _container_pids(runc, container_id)
-            volume_files = open_files.scan(pids, spec)
+            volume_files = open_files.scan(freezer.pids(), spec)
             t_dump = time.monotonic()
             runc.checkpoint(container_id, images, work, leave_running=True)
             dump_seconds = time.monotonic() - t_dump
@@ -192,7 +194,7 @@ def checkpoint_container(
         finally:
             if guard:
                 try:
-                    runc.resume(container_id)
+                    freezer.thaw()
                     guard.release()
                 finally:
                     guard.close()  # without release(), the guard resumes the job
@@ -272,12 +274,3 @@ def keep_logs(work: str, prefix: str) -> None:
             shutil.copyfile(os.path.join(work, n), os.path.join(dest, f"{prefix}-{stamp}-{n}"))
     except OSError:
         pass
-
-
-def _container_pids(runc: Runc, cid: str) -> List[int]:
-    proc = runc.run("ps", "--format", "json", cid, check=False, timeout=30)
-    try:
-        pids = json.loads(proc.stdout or b"[]")
-    except ValueError:
-        return []
-    return [int(p) for p in pids or []]
