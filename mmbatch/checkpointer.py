@@ -199,6 +199,7 @@ def checkpoint_container(
                 finally:
                     guard.close()  # without release(), the guard resumes the job
         freeze_seconds = time.monotonic() - t_freeze
+        criu_stats = _criu_dump_stats(work)
         log(f"frozen {freeze_seconds:.3f}s (dump {dump_seconds:.3f}s)")
 
         compat = node_compat(spec, st.get("image_id", ""), criu_version(), "")
@@ -218,6 +219,7 @@ def checkpoint_container(
                 "rootfs_bytes": diff_stats["bytes"],
                 "rootfs_frozen_bytes": diff_stats["frozen_bytes"],
                 "rootfs_precopy_seconds": round(pre.seconds, 6) if pre else 0.0,
+                **criu_stats,
             },
             labels={"reason": reason},
         )
@@ -259,6 +261,24 @@ def checkpoint_container(
                 keep_logs(os.path.join(staging, "work"), f"{container_id[:12]}-dump")
             shutil.rmtree(staging, ignore_errors=True)
         os.close(lock_fd)
+
+
+def _criu_dump_stats(work: str) -> Dict[str, float]:
+    """CRIU's own numbers (stats-dump in the work dir): times in seconds, pages."""
+    try:
+        from criu_bindings import read_dump_stats
+
+        st = read_dump_stats(os.path.join(work, "stats-dump"))
+    except Exception:
+        return {}
+    return {
+        "criu_frozen_seconds": st.frozen_time / 1e6,
+        "criu_freezing_seconds": st.freezing_time / 1e6,
+        "criu_memdump_seconds": st.memdump_time / 1e6,
+        "criu_memwrite_seconds": st.memwrite_time / 1e6,
+        "criu_pages_scanned": st.pages_scanned,
+        "criu_pages_written": st.pages_written,
+    }
 
 
 def keep_logs(work: str, prefix: str) -> None:
