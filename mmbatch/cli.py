@@ -144,6 +144,12 @@ def cmd_demo(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     return run_demo(cfg, keep=args.keep, runtime=args.runtime)
 
 
+def cmd_doctor(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    from mmbatch.doctor import run
+
+    return run(cfg, as_json=args.json, quick=args.quick)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmbatch", description="Transparent checkpoint/restore for AWS Batch jobs")
     p.add_argument("--config", help="config file (default $MMBATCH_CONFIG or /etc/mmbatch/config.toml)")
@@ -163,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("job")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_events)
+
+    c = sub.add_parser("doctor", help="is this node ready? each check: pass, warn or fail, with the fix")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--quick", action="store_true", help="skip the disk speed probe")
+    c.set_defaults(func=cmd_doctor)
 
     c = sub.add_parser("demo", help="checkpoint a counting job, kill it, and watch the retry continue")
     c.add_argument("--keep", action="store_true", help="keep the demo's containers and checkpoints")
