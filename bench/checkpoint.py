@@ -8,9 +8,10 @@ disk), it measures:
 - the freeze as the job itself sees it: the largest gap in a timestamp loop
   running inside the job (it prints any gap over 20 ms);
 - the wall time of the whole operation.
-Restore: `docker run` restoring on create (fetch from the local store, verify,
-rootfs diff, runc restore) vs `docker start --checkpoint` (runc restore from
-local disk, same engine; needs dockerd --experimental), alternated.
+Restore: the restore inside the runtime's create (fetch from the local store,
+verify, rootfs diff, runc restore) vs a bare `runc restore` of the same job
+from local disk (a plain runc bundle of the same image), alternated; the
+whole `docker run` time is reported too.
 
 Usage: python3 bench/checkpoint.py [--sizes 256,1024,4096] [--runs 3] [--rootfs-mib 500]
                                     [--staging /var/lib/mmbatch/staging] [--no-restore]
@@ -49,6 +50,8 @@ if rootfs_mib:
         for i in range(rootfs_mib):
             f.write(os.urandom(1 << 20))
 print("ready", flush=True)
+if os.environ.get("READY_FILE"):
+    open(os.environ["READY_FILE"], "w").close()
 last = time.monotonic()
 while True:
     time.sleep(0.002)
@@ -120,6 +123,112 @@ def bench_checkpoint(image, cfg, mib, rootfs_mib, runs, staging):
         sh("docker", "rm", "-f", name, check=False)
 
 
+def timed(*argv):
+    t0 = time.perf_counter()
+    sh(*argv)
+    return time.perf_counter() - t0
+
+
+def _bare_bundle(image, workdir, mib):
+    """A plain runc bundle running the same job from the same image, no engine."""
+    bundle = os.path.join(workdir, "bundle")
+    rootfs = os.path.join(bundle, "rootfs")
+    os.makedirs(rootfs)
+    cid = sh("docker", "create", "--network", "none", image, "true").stdout.strip()
+    try:
+        exp = subprocess.Popen(["docker", "export", cid], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-C", rootfs, "-x"], stdin=exp.stdout, check=True)
+        exp.wait()
+    finally:
+        sh("docker", "rm", "-f", cid, check=False)
+    sh("runc", "spec", "-b", bundle)
+    with open(os.path.join(bundle, "config.json")) as f:
+        spec = json.load(f)
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["python3", "-c", JOB]
+    spec["process"]["env"] = ["PATH=/usr/bin:/bin", f"MIB={mib}", "ROOTFS_MIB=0", "READY_FILE=/ready"]
+    spec["root"]["readonly"] = False
+    with open(os.path.join(bundle, "config.json"), "w") as f:
+        json.dump(spec, f)
+    return bundle
+
+
+def _runc_restore(bundle, images, cid, root):
+    # stdio is /dev/null: a host file as the job's stdout cannot be dumped
+    work = images + "-work"
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    t0 = time.perf_counter()
+    subprocess.run(["runc", "--root", root, "restore", "-d", "--image-path", images, "--work-path", work,
+                    "--bundle", bundle, cid], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t0
+
+
+def bench_restore(image, cfg, mib, runs, staging):
+    """Restore-on-create inside the runtime's create (fetch from the local store,
+    verify, rootfs diff, runc restore: the `restore` event's seconds) vs a bare
+    `runc restore` of the same job from local disk, alternated. The wall time
+    of the whole `docker run` is reported beside them."""
+    job_id = f"bench-r-{uuid.uuid4().hex[:8]}"
+    env = ["-e", f"MIB={mib}", "-e", "ROOTFS_MIB=0"]
+    ours = f"mmbatch-bench-r-{uuid.uuid4().hex[:8]}"
+    names = [ours]
+    work = os.path.join(staging, f"bare-{uuid.uuid4().hex[:8]}")
+    root = os.path.join(work, "runc-root")
+    bare_id = f"bare-{uuid.uuid4().hex[:8]}"
+    try:
+        sh("docker", "run", "-d", "--name", ours, "--runtime", "mmbatch", "--network", "none",
+           "-e", f"AWS_BATCH_JOB_ID={job_id}", *env, image, "python3", "-c", JOB)
+        wait_ready(ours)
+        cfg.checkpoint.staging_dir = staging
+        checkpoint_container(sh("docker", "inspect", "-f", "{{.Id}}", ours).stdout.strip(), cfg,
+                             cfg.runtime.state_dir, reason="bench")
+        sh("docker", "kill", ours)
+        os.makedirs(work)
+        bundle = _bare_bundle(image, work, mib)
+        subprocess.run(["runc", "--root", root, "run", "-d", "--bundle", bundle, bare_id],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        deadline = time.time() + 300
+        while not os.path.exists(os.path.join(bundle, "rootfs", "ready")):
+            if time.time() > deadline:
+                raise RuntimeError("bare job never got ready")
+            time.sleep(0.2)
+        images = os.path.join(work, "images")
+        os.makedirs(images)
+        sh("runc", "--root", root, "checkpoint", "--image-path", images, "--work-path", images + "-dump", bare_id)
+        rows = {"mmbatch": [], "runc": []}
+        for i in range(runs):
+            order = ["mmbatch", "runc"] if i % 2 == 0 else ["runc", "mmbatch"]
+            for which in order:
+                time.sleep(0.5)
+                if which == "mmbatch":
+                    name = f"{ours}-{i}"
+                    names.append(name)
+                    t = timed("docker", "run", "-d", "--name", name, "--runtime", "mmbatch", "--network", "none",
+                              "-e", f"AWS_BATCH_JOB_ID={job_id}", *env, image, "python3", "-c", JOB)
+                    cid = sh("docker", "inspect", "-f", "{{.Id}}", name).stdout.strip()
+                    from mmbatch.checkpointer import open_repository
+
+                    evs = [e for e in open_repository(cfg, {"job_key": job_id}).list_records("events")
+                           if e.get("kind") == "restore" and e.get("container_id") == cid]
+                    if not evs:
+                        raise RuntimeError("the mmbatch run cold-started instead of restoring")
+                    rows[which].append({"restore": evs[0]["seconds"], "docker_run": t})
+                    sh("docker", "kill", name)
+                else:
+                    t = _runc_restore(bundle, images, bare_id, root)
+                    sh("runc", "--root", root, "kill", bare_id, "KILL", check=False)
+                    time.sleep(0.3)
+                    sh("runc", "--root", root, "delete", "-f", bare_id, check=False)
+                    rows[which].append({"restore": t})
+        return rows
+    finally:
+        sh("docker", "rm", "-f", *names, check=False)
+        sh("runc", "--root", root, "delete", "-f", bare_id, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def med(rows, key):
     return statistics.median(r[key] for r in rows)
 
@@ -131,6 +240,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--staging", default="")
     ap.add_argument("--tmpfs", action="store_true", help="also measure with staging on a tmpfs")
+    ap.add_argument("--restore-sizes", default="256,1024",
+                    help="RSS sizes for the restore comparison (needs dockerd --experimental); '' skips it")
     args = ap.parse_args()
     cfg = config_mod.load()
     image = ensure_python()
@@ -160,7 +271,16 @@ def main():
     finally:
         if tmpfs_dir:
             sh("umount", tmpfs_dir, check=False)
-    path = save("checkpoint", {"machine": machine(), "results": results})
+    restores = []
+    for mib in [int(x) for x in args.restore_sizes.split(",") if x]:
+        rows = bench_restore(image, cfg, mib, args.runs, stagings[0][1])
+        ratios = sorted(a["restore"] / b["restore"] for a, b in zip(rows["mmbatch"], rows["runc"]))
+        r = {"rss_mib": mib, "mmbatch_restore": med(rows["mmbatch"], "restore"),
+             "runc_restore": med(rows["runc"], "restore"), "ratio": ratios[len(ratios) // 2],
+             "docker_run": med(rows["mmbatch"], "docker_run"), "runs": rows}
+        restores.append(r)
+        print(json.dumps({k: v for k, v in r.items() if k != "runs"}), flush=True)
+    path = save("checkpoint", {"machine": machine(), "results": results, "restores": restores})
     print("\n| staging | RSS MiB | rootfs MiB | freeze mmbatch s | freeze runc s | ratio | wall mmbatch s "
           "| wall runc s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -168,6 +288,13 @@ def main():
         ratio = f"{r['freeze_ratio']:.2f}" if r["freeze_ratio"] else "n/a"
         print(f"| {r['staging']} | {r['rss_mib']} | {r['rootfs_mib']} | {r['mmbatch_freeze']:.3f} | "
               f"{r['runc_freeze']:.3f} | {ratio} | {r['mmbatch_wall']:.2f} | {r['runc_wall']:.2f} |")
+    if restores:
+        print("\n| RSS MiB | restore-on-create in create s | bare runc restore s | ratio (median of pairs) "
+              "| whole docker run s |")
+        print("|---|---|---|---|---|")
+        for r in restores:
+            print(f"| {r['rss_mib']} | {r['mmbatch_restore']:.2f} | {r['runc_restore']:.2f} | {r['ratio']:.2f} "
+                  f"| {r['docker_run']:.2f} |")
     print(f"results: {path}")
 
 

@@ -575,7 +575,7 @@ class CheckpointRepository:
 
         Chunks are read in parallel (adjacent chunks of a pack in one ranged
         read), each checked against its sha256, and each file against its
-        size and sha256 before it is renamed into place with its mode (owner
+        size before it is renamed into place with its mode (owner
         bits only, at most 0600). A mismatch or a missing object raises
         CorruptObject naming the file and chunk; a partial fetch leaves no
         file of this checkpoint behind under its final name.
@@ -644,7 +644,11 @@ class CheckpointRepository:
 
             self._run_parallel(read_task, self._read_tasks(finals))
             for entry, tmp, final in finals:
-                _verify_file(cid, entry, tmp)
+                # Every chunk was checked against its sha256 and written at its
+                # offset, and the manifest's chunks add up to the file: the file
+                # is right by construction. Re-hashing it whole would read every
+                # byte again on the restore path, where the job is waiting.
+                _verify_size(cid, entry, tmp)
                 os.chmod(tmp, entry.mode & 0o600)
                 os.rename(tmp, final)
                 tmps.remove(tmp)
@@ -889,19 +893,7 @@ def _read_exactly(f: Any, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _verify_file(checkpoint_id: str, entry: FileEntry, path: str) -> None:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            block = f.read(8 * 1024 * 1024)
-            if not block:
-                break
-            h.update(block)
-            size += len(block)
+def _verify_size(checkpoint_id: str, entry: FileEntry, path: str) -> None:
+    size = os.stat(path).st_size
     if size != entry.size:
-        raise CorruptObject(
-            f"checkpoint {checkpoint_id}: {entry.path} is {size} bytes, expected {entry.size}"
-        )
-    if h.hexdigest() != entry.sha256:
-        raise CorruptObject(f"checkpoint {checkpoint_id}: {entry.path} does not match its sha256")
+        raise CorruptObject(f"checkpoint {checkpoint_id}: {entry.path} is {size} bytes, expected {entry.size}")

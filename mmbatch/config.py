@@ -46,6 +46,13 @@ class CheckpointSection:
     restore_timeout: float = 600.0
     # Per-job MMBATCH_CHECKPOINT_IMAGE_PATH is only honoured under these roots.
     allowed_image_paths: List[str] = field(default_factory=list)
+    # mmbatchd's schedule: periodic checkpoints in flight at once on the node,
+    # an average upload cap (megabits/s, 0 = none), the random spread of each
+    # interval (fraction of it) and the first retry delay after a failure.
+    parallel: int = 2
+    bandwidth_mbps: float = 0.0
+    jitter: float = 0.1
+    retry_seconds: float = 30.0
 
 
 @dataclass
@@ -66,6 +73,13 @@ class SpotSection:
     imds_endpoint: str = "http://169.254.169.254"
     poll_seconds: float = 5.0
     grace_seconds: float = 60.0
+    enabled: bool = True
+    # Final checkpoints run this many at a time (0 = one per CPU).
+    final_parallel: int = 0
+    # During an interruption the runtime holds SIGTERM/SIGKILL of a managed
+    # container this long for its final checkpoint (keep it below
+    # ECS_CONTAINER_STOP_TIMEOUT and the two minutes' notice).
+    kill_wait_seconds: float = 100.0
 
 
 @dataclass
@@ -73,6 +87,9 @@ class ApiSection:
     listen: str = "127.0.0.1:8080"
     token_file: str = ""
     socket: str = "/run/mmbatch/mmbatchd.sock"
+    # mmbatch-hook and the runtime tell mmbatchd about containers here
+    # (MMBATCH_HOOK_SOCKET overrides it).
+    hook_socket: str = "/run/mmbatch/hook.sock"
 
 
 @dataclass
@@ -111,6 +128,8 @@ _DURATION_KEYS = {
     ("checkpoint", "restore_timeout"),
     ("spot", "poll_seconds"),
     ("spot", "grace_seconds"),
+    ("spot", "kill_wait_seconds"),
+    ("checkpoint", "retry_seconds"),
 }
 _SIZE_RE = re.compile(r"^\d+[KMG]?$")
 
@@ -256,6 +275,23 @@ def validate(cfg: Config) -> None:
         raise ConfigError("must be at least 1", path=p, key="store.parallel")
     if cfg.spot.poll_seconds <= 0:
         raise ConfigError("must be positive", path=p, key="spot.poll_seconds")
+    if c.parallel < 1:
+        raise ConfigError("must be at least 1", path=p, key="checkpoint.parallel")
+    if c.bandwidth_mbps < 0:
+        raise ConfigError("must not be negative (0 means no cap)", path=p, key="checkpoint.bandwidth_mbps")
+    if not 0 <= c.jitter <= 0.5:
+        raise ConfigError(f"must be between 0 and 0.5, got {c.jitter:g}", path=p, key="checkpoint.jitter")
+    if c.retry_seconds < 1:
+        raise ConfigError("must be at least 1s", path=p, key="checkpoint.retry_seconds")
+    if cfg.spot.final_parallel < 0:
+        raise ConfigError("must not be negative (0 means one per CPU)", path=p, key="spot.final_parallel")
+    if not 0 < cfg.spot.kill_wait_seconds <= 600:
+        raise ConfigError(
+            "must be more than 0s and at most 10m", path=p, key="spot.kill_wait_seconds",
+            hint="keep it below ECS_CONTAINER_STOP_TIMEOUT; the default is 100s",
+        )
+    if not os.path.isabs(cfg.api.hook_socket):
+        raise ConfigError("must be an absolute path", path=p, key="api.hook_socket")
     if cfg.log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError("must be debug, info, warning or error", path=p, key="log.level")
 
@@ -274,6 +310,9 @@ interval = "15m"
 keep = 2                     # committed checkpoints kept per job
 diagnosis = false            # keep images after the job succeeds
 staging_dir = "/var/lib/mmbatch/staging"
+parallel = 2                 # periodic checkpoints at once on this node
+bandwidth_mbps = 0           # average upload cap in Mbit/s; 0 = none
+jitter = 0.1                 # each interval varies by up to +-10%
 
 [store]
 url = "file:///var/lib/mmbatch/checkpoints"   # a mounted FSx/EFS/JuiceFS path, or s3://bucket/prefix
@@ -285,6 +324,8 @@ kms_key_id = ""
 [spot]
 imds_endpoint = "http://169.254.169.254"
 poll_seconds = 5
+grace_seconds = 60           # jobs frozen for a notice resume this long after its time
+kill_wait_seconds = 100      # stop signals wait this long for the final checkpoint
 
 [api]
 listen = "127.0.0.1:8080"

@@ -81,7 +81,7 @@ def restore_on_create(req: CreateRequest) -> bool:
             continue
         try:
             t0 = time.monotonic()
-            _restore_one(req, repo, manifest)
+            phases = _restore_one(req, repo, manifest)
         except MmbatchError as e:
             counts = not isinstance(e, IncompatibleCheckpoint)
             if counts:
@@ -94,7 +94,7 @@ def restore_on_create(req: CreateRequest) -> bool:
         _record_attempt(repo, req, restored_from=ckid)
         req.log("info", f"restored {key} from checkpoint {ckid} in {seconds:.2f}s")
         events.emit(events.make("restore", key, cid, checkpoint_id=ckid, seconds=seconds,
-                                source_container=manifest.container_id), repo)
+                                source_container=manifest.container_id, **phases), repo)
         return True
     shim_state.update(req.state_dir, cid, decision="cold", reason="no restorable checkpoint")
     events.emit(events.make("cold-start", key, cid, reason="no restorable checkpoint"), repo)
@@ -120,7 +120,8 @@ def _record_attempt(repo, req: CreateRequest, restored_from: Optional[str]) -> N
     repo.put_record("attempts", req.container_id, data)
 
 
-def _restore_one(req: CreateRequest, repo, manifest) -> None:
+def _restore_one(req: CreateRequest, repo, manifest) -> Dict[str, float]:
+    """Restore one checkpoint; the seconds each phase took."""
     cid = req.container_id
     staging = os.path.join(req.config.checkpoint.staging_dir, f"restore-{cid[:12]}-{manifest.checkpoint_id}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -131,11 +132,15 @@ def _restore_one(req: CreateRequest, repo, manifest) -> None:
     runc = Runc(req.runtime, identity_flags(req.globals_), log_file=os.path.join(staging, "runc.log"))
     try:
         out = os.path.join(staging, "out")
+        t = time.monotonic()
         repo.fetch(manifest, out)  # verifies every chunk and file
+        phases = {"fetch_seconds": time.monotonic() - t}
         faults.point("fetched")
         truncations = open_files.plan_restore(manifest.open_files, req.spec)
+        t = time.monotonic()
         touched = rootfs_diff.apply(merged, os.path.join(out, ROOTFS_DIR), backup)
         open_files.truncate(truncations)
+        phases["rootfs_seconds"] = time.monotonic() - t
         faults.point("before-restore")
         work = os.path.join(staging, "work")
         os.makedirs(work, mode=0o700)
@@ -147,10 +152,13 @@ def _restore_one(req: CreateRequest, repo, manifest) -> None:
             args += ["--console-socket", req.console_socket]
         # stdio stays inherited: runc maps the job's old stdio pipes onto the
         # ones the engine just gave this create (descriptors.json).
+        t = time.monotonic()
         runc.run(*args, cid, capture=False, stdin=None, timeout=req.config.checkpoint.restore_timeout)
+        phases["runc_restore_seconds"] = time.monotonic() - t
         status = (runc.state(cid) or {}).get("status")
         if status != "running":
             raise RestoreError(f"restored container is {status or 'gone'}, not running")
+        return phases
     except (MmbatchError, OSError) as e:
         runc.delete_force(cid)
         if touched is not None:

@@ -34,12 +34,33 @@ COMMAND_FLAGS = {
         "no-new-keyring": False,
         "preserve-fds": True,
     },
+    "restore": {
+        "bundle": True,
+        "console-socket": True,
+        "pid-file": True,
+        "image-path": True,
+        "work-path": True,
+        "manage-cgroups-mode": True,
+        "empty-ns": True,
+        "lsm-profile": True,
+        "lsm-mount-context": True,
+        "tcp-established": False,
+        "ext-unix-sk": False,
+        "shell-job": False,
+        "file-locks": False,
+        "detach": False,
+        "no-subreaper": False,
+        "no-pivot": False,
+        "auto-dedup": False,
+        "lazy-pages": False,
+    },
     "start": {},
     "kill": {"all": False},
     "delete": {"force": False},
     "state": {},
 }
-ALIASES = {"create": {"b": "bundle"}, "kill": {"a": "all"}, "delete": {"f": "force"}}
+ALIASES = {"create": {"b": "bundle"}, "restore": {"b": "bundle", "d": "detach"}, "kill": {"a": "all"},
+           "delete": {"f": "force"}}
 
 
 class Invocation:

@@ -17,7 +17,8 @@ TYPE_CHECKING = False  # typing and os cost milliseconds per call: not imported 
 if TYPE_CHECKING:
     from typing import List, Optional
 
-INTERCEPTED = ("create", "start", "kill", "delete")
+INTERCEPTED = ("create", "restore", "start", "kill", "delete")
+PREPARED = ("create", "restore")  # decided from the bundle, before any state exists
 
 
 def _fail(inv: Invocation, message: str) -> int:
@@ -61,13 +62,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         and inv.command in INTERCEPTED
         and cid is not None
         and is_valid_container_id(cid)
-        and (inv.command == "create" or _exists(f"{state_dir}/{cid}/state.json"))
+        and (inv.command in PREPARED or _exists(f"{state_dir}/{cid}/state.json"))
     ):
         try:
             path = delegate.resolve(name)
         except delegate.DelegateNotFound as e:
             return _fail(inv, str(e))
-        if inv.command != "create" or _may_be_job(inv):
+        if inv.command not in PREPARED or _may_be_job(inv):
             from importlib import import_module
 
             module = import_module(f"shim.commands.{inv.command}")

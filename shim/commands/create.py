@@ -43,14 +43,48 @@ def run(inv: Invocation, runtime: str, state_dir: str, problem: Optional[str]) -
     return 1
 
 
-def _managed_create(inv: Invocation, runtime: str, state_dir: str, cid: str) -> bool:
-    """Prepare a managed container; True when it was restored (create done)."""
+def _inject_hooks(spec: dict, hook_socket: str) -> None:
+    """mmbatch-hook tells mmbatchd when the job starts and stops. Best effort:
+    without the hook next to us there are no hooks (mmbatchd also follows the
+    engine's events); the hook itself always exits 0."""
+    import sys
+
+    hook = ""
+    for d in (os.path.dirname(os.path.abspath(sys.argv[0] or ".")), os.path.dirname(sys.executable)):
+        candidate = os.path.join(d, "mmbatch-hook")
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            hook = candidate
+            break
+    if not hook or not isinstance(spec.get("hooks", {}), dict):
+        return
+    hooks = spec.setdefault("hooks", {})
+    env = [f"MMBATCH_HOOK_SOCKET={os.environ.get('MMBATCH_HOOK_SOCKET') or hook_socket}"]
+    for stage in ("poststart", "poststop"):
+        entries = hooks.setdefault(stage, [])
+        if isinstance(entries, list):
+            entries.append({"path": hook, "args": ["mmbatch-hook", stage], "env": env, "timeout": 5})
+
+
+class Prepared:
+    """A managed container, prepared: its config, spec and job settings."""
+
+    def __init__(self, cfg, spec: dict, settings, image_id: str, bundle: str) -> None:
+        self.cfg = cfg
+        self.spec = spec
+        self.settings = settings
+        self.image_id = image_id
+        self.bundle = bundle
+
+
+def prepare_managed(inv: Invocation, runtime: str, state_dir: str, cid: str, decision: str) -> Optional[Prepared]:
+    """For a managed job: CRIU options and hooks into its spec, our state
+    written. None when the container is not a managed job."""
     from mmbatch import oci
 
-    bundle = inv.flags.get("bundle") or os.getcwd()
+    bundle = os.path.abspath(inv.flags.get("bundle") or os.getcwd())
     spec = oci.read_spec(bundle)
     if not _looks_like_job(spec):
-        return False
+        return None
 
     from mmbatch import config as config_mod
     from mmbatch.identity import ECS_CONTAINER_NAME_LABEL, env_of, job_settings
@@ -73,7 +107,7 @@ def _managed_create(inv: Invocation, runtime: str, state_dir: str, cid: str) -> 
     for w in settings.warnings:
         runtime_log.write(inv.log_path, "warning", w, inv.log_format)
     if not settings.managed:
-        return False
+        return None
     if engine_note:
         runtime_log.write(inv.log_path, "warning", engine_note, inv.log_format)
 
@@ -82,7 +116,12 @@ def _managed_create(inv: Invocation, runtime: str, state_dir: str, cid: str) -> 
     criu_conf = os.path.join(cdir, "criu.conf")
     oci.write_criu_config(criu_conf, oci.criu_options(cfg.checkpoint))
     oci.inject(spec, criu_conf, settings.job_key or "")
+    _inject_hooks(spec, cfg.api.hook_socket)
     oci.write_spec(bundle, spec)
+    root = inv.root if inv.root.startswith("/") else os.path.abspath(inv.root)
+    globals_ = dict(inv.globals)
+    if "root" in globals_:
+        globals_["root"] = root
     record = {
         "container_id": cid,
         "managed": True,
@@ -90,28 +129,36 @@ def _managed_create(inv: Invocation, runtime: str, state_dir: str, cid: str) -> 
         "image_id": image_id,
         "container_name": container_name,
         "bundle": bundle,
-        "root": inv.root,
-        "globals": inv.globals,
+        "root": root,
+        "globals": globals_,
         "runtime": runtime,
         "created_at": time.time(),
-        "decision": "pending",
+        "decision": decision,
     }
     state.write(state_dir, cid, record)
     runtime_log.write(inv.log_path, "info", f"managed job {settings.job_key}", inv.log_format)
+    return Prepared(cfg, spec, settings, image_id, bundle)
+
+
+def _managed_create(inv: Invocation, runtime: str, state_dir: str, cid: str) -> bool:
+    """Prepare a managed container; True when it was restored (create done)."""
+    prepared = prepare_managed(inv, runtime, state_dir, cid, decision="pending")
+    if prepared is None:
+        return False
 
     from mmbatch.restorer import CreateRequest, restore_on_create
 
     request = CreateRequest(
         container_id=cid,
-        bundle=bundle,
-        spec=spec,
-        settings=settings,
-        config=cfg,
+        bundle=prepared.bundle,
+        spec=prepared.spec,
+        settings=prepared.settings,
+        config=prepared.cfg,
         runtime=runtime,
-        globals_=inv.globals,
+        globals_=state.read(state_dir, cid)["globals"],
         pid_file=inv.flags.get("pid-file", ""),
         console_socket=inv.flags.get("console-socket", ""),
-        image_id=image_id,
+        image_id=prepared.image_id,
         state_dir=state_dir,
         log=lambda level, msg: runtime_log.write(inv.log_path, level, msg, inv.log_format),
     )

@@ -189,3 +189,26 @@ def wait_exit(name: str, timeout: float = 60) -> int:
 
 def args_list(items: Sequence[str]) -> List[str]:
     return list(items)
+
+
+def logs(name: str, timeout: float = 60) -> tuple[str, str]:
+    """(stdout, stderr) of `docker logs`, kept apart as the engine stored them."""
+    proc = docker("logs", name, timeout=timeout)
+    return proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Poll predicate() until it returns a truthy value (returned); AssertionError on timeout."""
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.time() >= deadline:
+            raise AssertionError(f"timeout after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def container_state(name: str) -> Dict:
+    """The engine's State of a container (Status, Running, Paused, ExitCode, OOMKilled, ...)."""
+    return json.loads(out("inspect", "-f", "{{json .State}}", name))
