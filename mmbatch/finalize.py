@@ -41,6 +41,8 @@ def finalize(cid: str, st: Dict[str, Any], cfg: config.Config, engine: Optional[
         exit_code = exit_code_from_engine(engine, cid, float(st.get("created_at") or time.time() - 3600))
     repo = open_repository(cfg, job)
     record = repo.get_record("attempts", cid) or {"container_id": cid}
+    if record.get("exit_code") is not None:
+        return record  # the other finalizer (shim or mmbatchd) got there first
     record["exit_code"] = exit_code
     succeeded = exit_code == 0 and record.get("end") != attempts.ENDED_KILLED
     if succeeded:
