@@ -116,6 +116,8 @@ def _record_attempt(repo, req: CreateRequest, restored_from: Optional[str]) -> N
         "node": node_info(),
         "restored_from": restored_from,
         "end": None,
+        "ended_at": None,
+        "exit_code": None,  # a container started again under its id (restart policy) ends anew
     })
     repo.put_record("attempts", req.container_id, data)
 

@@ -3,13 +3,24 @@
 A backend is one entry in STORE_BACKENDS: a factory `(tmp_path) -> ObjectStore`
 (skipping when the backend cannot run here) and, optionally, a way to make
 an object look older than it is (for the garbage-collection grace period);
-tests that need that skip on backends that cannot do it. The S3 backend
-(issue 5) adds itself here, pointed at a real S3-compatible server.
+tests that need that skip on backends that cannot do it.
+
+- fs: a FsObjectStore in the test's tmp dir;
+- s3: a S3ObjectStore on a real S3-compatible server (SeaweedFS, one per
+  test session, see tests/lib/s3server.py; MMBATCH_TEST_S3_ENDPOINT names
+  one that is already running), a fresh prefix per test in one bucket, SSE
+  on (AES256) as in production. S3 cannot backdate an object;
+- juicefs: a FsObjectStore in a fresh directory of a JuiceFS file system
+  formatted over a bucket of that server and FUSE-mounted once per session.
+
+Without weed, juicefs or /dev/fuse the s3 and juicefs tests skip, or fail
+under MMBATCH_TEST_STRICT=1 (tests/conftest.py's unavailable()).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 import time
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
@@ -17,9 +28,13 @@ from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optiona
 import pytest
 
 from mmbatch.checkpoints import CheckpointRepository
+from mmbatch.config import StoreSection
 from mmbatch.errors import StoreError
 from mmbatch.store.base import ObjectInfo, ObjectStore
 from mmbatch.store.fs import FsObjectStore
+from tests.conftest import unavailable
+from tests.lib import juicefs as jfs
+from tests.lib import s3server
 
 
 class Backend(NamedTuple):
@@ -38,9 +53,72 @@ def _fs_backdate(store: ObjectStore, key: str, seconds: float) -> None:
     os.utime(path, (t, t))
 
 
+class _Session:
+    """What the s3 and juicefs backends share for the whole test session (started on first use)."""
+
+    server: Optional[s3server.S3Server] = None
+    bucket = ""
+    juicefs: Optional[jfs.JuiceFS] = None
+    juicefs_error = ""
+
+
+def _s3_server() -> s3server.S3Server:
+    if _Session.server is None:
+        try:
+            _Session.server = s3server.acquire_shared()
+        except (OSError, RuntimeError) as e:
+            unavailable(f"no S3-compatible server: {e}")
+        assert _Session.server is not None
+        _Session.bucket = _Session.server.create_bucket()
+    return _Session.server
+
+
+def s3_store_section(server: s3server.S3Server, **kw) -> StoreSection:
+    """The [store] settings for `server`: SSE as in production when the server has an SSE key."""
+    sse = "AES256" if server.sse_kek else os.environ.get("MMBATCH_TEST_S3_SSE", "none")
+    return StoreSection(endpoint_url=server.endpoint, region=server.region, sse=sse, **kw)
+
+
+def _s3_make(tmp_path) -> ObjectStore:
+    from mmbatch.store.s3 import S3ObjectStore
+
+    server = _s3_server()
+    url = f"s3://{_Session.bucket}/t-{secrets.token_hex(6)}"  # list("") sees this test's objects only
+    return S3ObjectStore(url, s3_store_section(server), session=server.session())
+
+
+def _juicefs_make(tmp_path) -> ObjectStore:
+    if _Session.juicefs is None:
+        why = _Session.juicefs_error or jfs.unavailable_reason()
+        if not why:
+            server = _s3_server()
+            try:
+                _Session.juicefs = jfs.mount_over(server)
+            except (OSError, RuntimeError) as e:
+                why = _Session.juicefs_error = f"cannot mount JuiceFS: {e}"
+        if why:
+            unavailable(why)
+    assert _Session.juicefs is not None
+    return FsObjectStore(os.path.join(_Session.juicefs.mountpoint, f"t-{secrets.token_hex(6)}"))
+
+
 STORE_BACKENDS: Dict[str, Backend] = {
     "fs": Backend(_fs_make, _fs_backdate),
+    "s3": Backend(_s3_make, None),
+    "juicefs": Backend(_juicefs_make, _fs_backdate),
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _store_backend_servers():
+    """Unmount JuiceFS and let go of the S3 server once the session is over."""
+    yield
+    if _Session.juicefs is not None:
+        _Session.juicefs.cleanup()
+        _Session.juicefs = None
+    if _Session.server is not None:
+        _Session.server = None
+        s3server.release_shared()
 
 
 @pytest.fixture(params=sorted(STORE_BACKENDS))
