@@ -18,6 +18,7 @@ from typing import Dict, Tuple
 import pytest
 
 from mmbatch import config
+from mmbatch.install import launchers
 
 ROOT = Path(__file__).resolve().parents[3]
 INSTALL = ROOT / "install.sh"
@@ -284,21 +285,17 @@ def test_existing_venv_gets_launchers(host: Path, tmp_path: Path) -> None:
     for name, module in (("mmbatch-runtime", "shim.main"), ("mmbatch-hook", "hooks.main")):
         launcher = venv / "bin" / name
         assert stat.S_IMODE(launcher.stat().st_mode) == 0o755
-        assert launcher.read_text() == (
-            f"#!{venv}/bin/python3 -IS\n"
-            "import sys\n"
-            f'sys.path[:0] = ["{ROOT}"]\n'
-            f'sys.path.append("{site}")\n'
-            f"from {module} import main\n"
-            "sys.exit(main())\n"
+        assert launcher.read_text() == launchers.render(f"{venv}/bin/python3", str(ROOT), [site], module)
+        assert launcher.read_text().startswith(
+            f'#!{venv}/bin/python3 -IS\nimport sys\nsys.path[:0] = ["{ROOT}"]\nsys.path.append("{site}")\n'
         )
         # Run the launcher's own path setup under its own #! line: the package
         # comes from the source tree, and `site` was never imported.
         package = module.split(".")[0]
-        probe = launcher.read_text().replace(
-            f"from {module} import main\nsys.exit(main())\n",
+        setup = launcher.read_text().split("try:\n", 1)[0]  # the path set-up, before the import
+        probe = setup + (
             f"import importlib.util\nspec = importlib.util.find_spec({package!r})\n"
-            "print(list(spec.submodule_search_locations)[0], 'site' in sys.modules)\n",
+            "print(list(spec.submodule_search_locations)[0], 'site' in sys.modules)\n"
         )
         out = subprocess.run([str(venv / "bin/python3"), "-IS", "-c", probe], capture_output=True, text=True,
                              check=True)
@@ -323,10 +320,10 @@ def test_real_venv_editable(host: Path) -> None:
                           text=True, check=True).stdout.strip()
     host_site = site[len(str(host)):]
     text = (venv / "bin/mmbatch-runtime").read_text()
-    assert text == (
+    assert text == launchers.render("/opt/mmbatch/bin/python3", str(ROOT), [host_site], "shim.main")
+    assert text.startswith(
         "#!/opt/mmbatch/bin/python3 -IS\nimport sys\n"
         f'sys.path[:0] = ["{ROOT}"]\nsys.path.append("{host_site}")\n'
-        "from shim.main import main\nsys.exit(main())\n"
     )
     # The other entry points stay pip's; the package and its deps import in the venv.
     assert "mmbatch.daemon" in (venv / "bin/mmbatchd").read_text()

@@ -55,6 +55,7 @@ class Node:
         self.dockerd: Optional[subprocess.Popen] = None
         self.mmbatchd: Optional[subprocess.Popen] = None
         self._mmbatchd_log = None
+        self.extra_env: Dict[str, str] = {}  # e.g. S3 credentials for the shim and mmbatchd
         for d in (self.data_root, self.exec_root, self.state_dir, self.staging, self.log_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
         with open(os.path.join(self.dir, "daemon.json"), "w") as f:
@@ -64,7 +65,9 @@ class Node:
 
     def write_config(self, imds: str = "http://127.0.0.1:9", interval: str = "15m", keep: int = 100,
                      parallel: int = 2, jitter: float = 0.1, grace: float = 60, poll: float = 0.5,
-                     kill_wait: float = 100, final_parallel: int = 0, spot_enabled: bool = True) -> None:
+                     kill_wait: float = 100, final_parallel: int = 0, spot_enabled: bool = True,
+                     store_url: str = "", store_settings: Optional[Dict[str, str]] = None) -> None:
+        store_lines = "".join(f'{k} = "{v}"\n' for k, v in (store_settings or {}).items())
         text = f"""
 [runtime]
 state_dir = "{self.state_dir}"
@@ -77,8 +80,8 @@ parallel = {parallel}
 jitter = {jitter}
 retry_seconds = "2s"
 [store]
-url = "file://{self.store_dir}"
-[spot]
+url = "{store_url or 'file://' + self.store_dir}"
+{store_lines}[spot]
 imds_endpoint = "{imds}"
 poll_seconds = {poll}
 grace_seconds = {grace}
@@ -106,6 +109,7 @@ dir = "{self.log_dir}"
             "MMBATCH_NODE_INFO": self.node_json,
             "PYTHONUNBUFFERED": "1",
         })
+        e.update(self.extra_env)
         return e
 
     # -- dockerd -----------------------------------------------------------------------
