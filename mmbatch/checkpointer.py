@@ -30,6 +30,8 @@ from mmbatch.errors import CheckpointBusy, CheckpointError, MmbatchError
 from mmbatch.freeze_guard import FreezeGuard
 from mmbatch.freezer import Freezer
 from mmbatch.runc import Runc, identity_flags, read_runtime_state
+from mmbatch.staging import choose as choose_staging
+from mmbatch.staging import container_memory
 
 CRIU_DIR = "criu"
 ROOTFS_DIR = "rootfs"
@@ -154,13 +156,15 @@ def checkpoint_container(
         from mmbatch.manifest import Manifest, new_checkpoint_id
 
         ckid = new_checkpoint_id()
-        staging = os.path.join(cfg.checkpoint.staging_dir, f"{container_id[:12]}-{ckid}")
+        _remove_stale_staging(cfg, container_id)  # left by a checkpointer that was killed; we hold the lock
+        staging_root = choose_staging(cfg.checkpoint, container_memory(rstate.get("cgroup_paths") or {}))
+        staging = os.path.join(staging_root, f"{container_id[:12]}-{ckid}")
         images = os.path.join(staging, "out", CRIU_DIR)
         rootfs_out = os.path.join(staging, "out", ROOTFS_DIR)
         work = os.path.join(staging, "work")
         for d in (images, rootfs_out, work):
             os.makedirs(d, mode=0o700, exist_ok=True)
-        os.chmod(cfg.checkpoint.staging_dir, 0o700)
+        os.chmod(staging_root, 0o700)
         runc = Runc(st["runtime"], identity_flags(globals_), log_file=os.path.join(work, "runc.log"))
         status = (runc.state(container_id) or {}).get("status")
         if status not in ("running", "paused"):
@@ -279,6 +283,21 @@ def _criu_dump_stats(work: str) -> Dict[str, float]:
         "criu_pages_scanned": st.pages_scanned,
         "criu_pages_written": st.pages_written,
     }
+
+
+def _remove_stale_staging(cfg: Config, container_id: str) -> None:
+    prefix = f"{container_id[:12]}-"
+    roots = [cfg.checkpoint.staging_dir]
+    if cfg.checkpoint.memory_staging_dir:
+        roots.append(os.path.join(cfg.checkpoint.memory_staging_dir, "mmbatch-staging"))
+    for root in roots:
+        try:
+            names = os.listdir(root)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(prefix):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def keep_logs(work: str, prefix: str) -> None:

@@ -36,6 +36,8 @@ class CheckpointSection:
     keep: int = 2
     diagnosis: bool = False
     staging_dir: str = "/var/lib/mmbatch/staging"
+    # A tmpfs for dumps and restores that fit in free memory ("" = always disk).
+    memory_staging_dir: str = "/dev/shm"
     # CRIU behaviour for batch jobs (written to the CRIU config file runc reads).
     tcp_close: bool = True
     file_locks: bool = True
@@ -240,6 +242,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("must be at least 1", path=p, key="checkpoint.max_restore_failures")
     if not os.path.isabs(c.staging_dir):
         raise ConfigError("must be an absolute path", path=p, key="checkpoint.staging_dir")
+    if c.memory_staging_dir and not os.path.isabs(c.memory_staging_dir):
+        raise ConfigError("must be an absolute path or empty", path=p, key="checkpoint.memory_staging_dir")
     if not _SIZE_RE.match(c.ghost_limit):
         raise ConfigError("must be a size such as 64M", path=p, key="checkpoint.ghost_limit")
     for root in c.allowed_image_paths:
@@ -310,6 +314,7 @@ interval = "15m"
 keep = 2                     # committed checkpoints kept per job
 diagnosis = false            # keep images after the job succeeds
 staging_dir = "/var/lib/mmbatch/staging"
+memory_staging_dir = "/dev/shm"   # tmpfs staging when the images fit in free memory; "" = disk only
 parallel = 2                 # periodic checkpoints at once on this node
 bandwidth_mbps = 0           # average upload cap in Mbit/s; 0 = none
 jitter = 0.1                 # each interval varies by up to +-10%

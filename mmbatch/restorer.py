@@ -26,6 +26,7 @@ from mmbatch.config import Config
 from mmbatch.errors import IncompatibleCheckpoint, MmbatchError, RestoreError
 from mmbatch.identity import JobSettings
 from mmbatch.runc import Runc, identity_flags
+from mmbatch.staging import choose as choose_staging
 
 MAX_CANDIDATES = 3
 
@@ -125,8 +126,11 @@ def _record_attempt(repo, req: CreateRequest, restored_from: Optional[str]) -> N
 def _restore_one(req: CreateRequest, repo, manifest) -> Dict[str, float]:
     """Restore one checkpoint; the seconds each phase took."""
     cid = req.container_id
-    staging = os.path.join(req.config.checkpoint.staging_dir, f"restore-{cid[:12]}-{manifest.checkpoint_id}")
+    # The images and the restored process are in memory at once: tmpfs only if both fit.
+    staging_root = choose_staging(req.config.checkpoint, 2 * manifest.total_size)
+    staging = os.path.join(staging_root, f"restore-{cid[:12]}-{manifest.checkpoint_id}")
     shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging_root, mode=0o700, exist_ok=True)
     os.makedirs(staging, mode=0o700)
     touched: Optional[List[str]] = None
     merged = oci.rootfs_path(req.spec, req.bundle)
