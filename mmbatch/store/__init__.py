@@ -3,8 +3,11 @@
 `open_store(url)` picks the backend from the URL:
 - `file:///path` or `/path`: FsObjectStore (local disk, FSx for Lustre, EFS,
   JuiceFS: anything mounted);
-- `s3://bucket/prefix`: `mmbatch.store.s3.S3ObjectStore(url, store_cfg)`,
+- `s3://bucket/prefix`: `mmbatch.store.s3.S3ObjectStore(url, store_cfg)`
+  (AWS S3, or an S3-compatible server through `store_cfg.endpoint_url`),
   imported only then, so the file store never pulls in boto3.
+
+docs/stores.md says how to set up each one.
 
 A new backend is one module with one ObjectStore subclass plus one branch
 here; the checkpoint repository and the store test suite need no change.
@@ -50,7 +53,7 @@ def open_store(url: str, store_cfg: Optional[StoreSection] = None) -> ObjectStor
         return FsObjectStore(path)
     if url.startswith("s3://"):
         try:
-            from mmbatch.store.s3 import S3ObjectStore  # type: ignore[import-not-found]
+            from mmbatch.store.s3 import S3ObjectStore
         except ImportError as e:
             raise StoreError(
                 f"s3 store not available in this build ({url})",

@@ -20,6 +20,7 @@ import errno
 import os
 import secrets
 import stat as stat_mod
+import time
 from typing import Callable, Iterator, List, Optional
 
 from mmbatch.errors import ObjectNotFound, StoreError
@@ -239,10 +240,20 @@ class FsObjectStore(ObjectStore):
     # -- reads --------------------------------------------------------------
 
     def _open_read(self, key: str) -> int:
-        try:
-            return os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError as e:
-            raise self._error(e, "read", key, missing_is_not_found=True) from e
+        # Some shared file systems (JuiceFS seen here, about 4% of reads under a
+        # concurrent replace) answer ENOENT for a file that a rename is
+        # replacing at that moment: retry briefly before calling it missing.
+        path = self._path(key)
+        for delay in (0.001, 0.002, 0.004, None):
+            try:
+                return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except FileNotFoundError as e:
+                if delay is None:
+                    raise self._error(e, "read", key, missing_is_not_found=True) from e
+                time.sleep(delay)
+            except OSError as e:
+                raise self._error(e, "read", key, missing_is_not_found=True) from e
+        raise AssertionError("unreachable")
 
     def get_bytes(self, key: str) -> bytes:
         fd = self._open_read(key)

@@ -323,6 +323,8 @@ def test_corrupt_packed_chunk_and_missing_object(small_repo, tmp_path):
     _flip(small_repo.store, f"jobs/{JOB}/{small.chunks[0].object}", small.chunks[0].offset)
     with pytest.raises(CorruptObject, match="small"):
         small_repo.fetch(m, str(tmp_path / "d1"))
+    _flip(small_repo.store, f"jobs/{JOB}/{small.chunks[0].object}", small.chunks[0].offset)  # mend it again
+    small_repo.fetch(m, str(tmp_path / "d-ok"))
     big = next(f for f in m.files if f.path == "big")
     small_repo.store.delete(f"jobs/{JOB}/{big.chunks[0].object}")
     with pytest.raises(CorruptObject, match="missing"):
