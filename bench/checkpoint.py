@@ -9,9 +9,10 @@ disk), it measures:
   running inside the job (it prints any gap over 20 ms);
 - the wall time of the whole operation.
 Restore: the restore inside the runtime's create (fetch from the local store,
-verify, rootfs diff, runc restore) vs a bare `runc restore` of the same job
-from local disk (a plain runc bundle of the same image), alternated; the
-whole `docker run` time is reported too.
+verify, rootfs diff, runc restore; staged as the node config says, on tmpfs
+when it fits) vs a bare `runc restore` of the same job from local disk (a
+plain runc bundle of the same image, its images in the page cache),
+alternated; the whole `docker run` time is reported too.
 
 Usage: python3 bench/checkpoint.py [--sizes 256,1024,4096] [--runs 3] [--rootfs-mib 500]
                                     [--staging /var/lib/mmbatch/staging] [--no-restore]
@@ -97,6 +98,7 @@ def bench_checkpoint(image, cfg, mib, rootfs_mib, runs, staging):
         wait_ready(name)
         cid = sh("docker", "inspect", "-f", "{{.Id}}", name).stdout.strip()
         cfg.checkpoint.staging_dir = staging
+        cfg.checkpoint.memory_staging_dir = ""  # both sides dump to the same place: `staging`
         rows = {"mmbatch": [], "runc": []}
         for i in range(runs):
             order = ["mmbatch", "runc"] if i % 2 == 0 else ["runc", "mmbatch"]

@@ -118,14 +118,3 @@ def read_runtime_state(root: str, cid: str) -> Optional[Dict]:
             return json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def version(binary: str) -> str:
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    for line in out.splitlines():
-        if line.startswith("runc version") or "version" in line:
-            return line.split("version", 1)[1].strip()
-    return ""

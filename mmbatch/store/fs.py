@@ -242,9 +242,10 @@ class FsObjectStore(ObjectStore):
     def _open_read(self, key: str) -> int:
         # Some shared file systems (JuiceFS seen here, about 4% of reads under a
         # concurrent replace) answer ENOENT for a file that a rename is
-        # replacing at that moment: retry briefly before calling it missing.
+        # replacing at that moment: retry briefly (63 ms in all) before calling
+        # it missing.
         path = self._path(key)
-        for delay in (0.001, 0.002, 0.004, None):
+        for delay in (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, None):
             try:
                 return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             except FileNotFoundError as e:

@@ -68,12 +68,13 @@ def _inject_hooks(spec: dict, hook_socket: str) -> None:
 class Prepared:
     """A managed container, prepared: its config, spec and job settings."""
 
-    def __init__(self, cfg, spec: dict, settings, image_id: str, bundle: str) -> None:
+    def __init__(self, cfg, spec: dict, settings, image_id: str, bundle: str, globals_: dict) -> None:
         self.cfg = cfg
         self.spec = spec
         self.settings = settings
         self.image_id = image_id
         self.bundle = bundle
+        self.globals_ = globals_
 
 
 def prepare_managed(inv: Invocation, runtime: str, state_dir: str, cid: str, decision: str) -> Optional[Prepared]:
@@ -137,7 +138,7 @@ def prepare_managed(inv: Invocation, runtime: str, state_dir: str, cid: str, dec
     }
     state.write(state_dir, cid, record)
     runtime_log.write(inv.log_path, "info", f"managed job {settings.job_key}", inv.log_format)
-    return Prepared(cfg, spec, settings, image_id, bundle)
+    return Prepared(cfg, spec, settings, image_id, bundle, globals_)
 
 
 def _managed_create(inv: Invocation, runtime: str, state_dir: str, cid: str) -> bool:
@@ -155,7 +156,7 @@ def _managed_create(inv: Invocation, runtime: str, state_dir: str, cid: str) -> 
         settings=prepared.settings,
         config=prepared.cfg,
         runtime=runtime,
-        globals_=state.read(state_dir, cid)["globals"],
+        globals_=prepared.globals_,
         pid_file=inv.flags.get("pid-file", ""),
         console_socket=inv.flags.get("console-socket", ""),
         image_id=prepared.image_id,

@@ -62,29 +62,15 @@ def image_exists(name: str) -> bool:
 
 
 def _import_rootfs(root: str, name: str) -> None:
-    tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
-    try:
-        proc = subprocess.run(["docker", "import", "-", name], stdin=tar.stdout, capture_output=True, timeout=300)
-    finally:
-        assert tar.stdout is not None
-        tar.stdout.close()
-        tar.wait()
-    if proc.returncode != 0:
-        raise AssertionError(f"docker import {name}: {proc.stderr.decode(errors='replace')}")
+    from mmbatch.demo import import_rootfs
+
+    import_rootfs(root, name)
 
 
 def _base_rootfs(root: str) -> None:
-    for d in ("bin", "proc", "sys", "dev", "etc", "tmp", "data", "root", "var/tmp"):
-        os.makedirs(os.path.join(root, d), exist_ok=True)
-    os.chmod(os.path.join(root, "tmp"), 0o1777)
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    shutil.copy2(busybox, os.path.join(root, "bin", "busybox"))
-    subprocess.run(["chroot", root, "/bin/busybox", "--install", "-s", "/bin"], check=True)
-    with open(os.path.join(root, "etc", "passwd"), "w") as f:
-        f.write("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
-                "worker:x:1000:1000:worker:/tmp:/bin/sh\n")
-    with open(os.path.join(root, "etc", "group"), "w") as f:
-        f.write("root:x:0:\nnogroup:x:65534:\nworker:x:1000:\n")
+    from mmbatch.demo import build_busybox_rootfs
+
+    build_busybox_rootfs(root)
 
 
 def ensure_busybox() -> str:
