@@ -79,8 +79,10 @@ def client(criu_bin: str) -> CriuClient:
     return CriuClient(criu_bin, timeout=60)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def subreaper() -> Iterator[None]:
+    # Package scope: the rest of the session (private dockerds, detached
+    # finalizers) must not have its orphans adopted, and left unreaped, by pytest.
     if SKIP_REASON:
         yield
         return
