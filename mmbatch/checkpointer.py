@@ -107,20 +107,12 @@ def _lock(path: str) -> int:
 def open_repository(cfg: Config, job: Dict[str, Any]):
     """The CheckpointRepository of a job (its store and namespace)."""
     from mmbatch.checkpoints import CheckpointRepository
-    from mmbatch.identity import JobSettings, store_namespace
+    from mmbatch.identity import store_namespace
     from mmbatch.store import open_store
 
-    url = job.get("image_path") or cfg.store.url
-    settings = JobSettings(
-        job_key=job["job_key"], managed=True, mode=job.get("mode", "iterative"),
-        interval=float(job.get("interval", cfg.checkpoint.interval)), diagnosis=bool(job.get("diagnosis")),
-        image_path=job.get("image_path", ""), image_subpath=job.get("image_subpath", ""),
-    )
-    store = open_store(url, cfg.store)
-    return CheckpointRepository(
-        store, store_namespace(settings), chunk_size=cfg.store.chunk_size,
-        pack_size=cfg.store.pack_size, parallel=cfg.store.parallel,
-    )
+    store = open_store(job.get("image_path") or cfg.store.url, cfg.store)
+    namespace = store_namespace(job["job_key"], job.get("image_subpath", ""))
+    return CheckpointRepository.from_config(store, namespace, cfg.store)
 
 
 def checkpoint_container(

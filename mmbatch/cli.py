@@ -84,13 +84,10 @@ def cmd_checkpoint(args: argparse.Namespace, cfg: config_mod.Config) -> int:
 
 
 def _job_repo(job: str, cfg: config_mod.Config):
-    from mmbatch.checkpoints import CheckpointRepository
+    from mmbatch.checkpointer import open_repository
     from mmbatch.identity import sanitize_component
-    from mmbatch.store import open_store
 
-    key = sanitize_component(job)
-    return CheckpointRepository(open_store(cfg.store.url, cfg.store), key, chunk_size=cfg.store.chunk_size,
-                                pack_size=cfg.store.pack_size, parallel=cfg.store.parallel)
+    return open_repository(cfg, {"job_key": sanitize_component(job)})
 
 
 def cmd_checkpoints(args: argparse.Namespace, cfg: config_mod.Config) -> int:

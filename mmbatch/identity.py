@@ -206,9 +206,9 @@ def _allowed_image_path(raw: str, allowed: List[str]) -> tuple[str, Optional[str
     return "", f"ignored image path {raw!r}: not under checkpoint.allowed_image_paths in the node config"
 
 
-def store_namespace(settings: JobSettings) -> str:
-    """The key under which this job's checkpoints live in its store."""
-    assert settings.job_key
-    if settings.image_subpath:
-        return sanitize_component(f"{settings.image_subpath}/{settings.job_key}")
-    return settings.job_key
+def store_namespace(job_key: str, image_subpath: str = "") -> str:
+    """The key under which a job's checkpoints live in its store."""
+    assert job_key
+    if image_subpath:
+        return sanitize_component(f"{image_subpath}/{job_key}")
+    return job_key

@@ -87,5 +87,5 @@ def test_image_path_only_under_allowed_roots():
 
 def test_subpath_is_sanitized_into_the_namespace():
     s = job_settings({"AWS_BATCH_JOB_ID": "j", "MMBATCH_CHECKPOINT_IMAGE_SUBPATH": "../../team/run1"}, cfg())
-    ns = store_namespace(s)
+    ns = store_namespace(s.job_key, s.image_subpath)
     assert "/" not in ns and ".." not in ns.split("_")
