@@ -21,9 +21,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
-from mmbatch import events, faults, oci, open_files, rootfs_diff
+from mmbatch import events, faults, oci, open_files, predump, rootfs_diff
 from mmbatch.compat import node_compat
 from mmbatch.config import Config
 from mmbatch.errors import CheckpointBusy, CheckpointError, MmbatchError
@@ -80,15 +80,17 @@ def node_info() -> Dict[str, str]:
     return info
 
 
-def pages_extents(image_dir: str) -> Callable[[str], Optional[list]]:
+def pages_extents(checkpoint_dir: str, image_dirs: Sequence[str] = (CRIU_DIR,)) -> Callable[[str], Optional[list]]:
     """Map a pages image (path relative to the checkpoint dir) to its pagemap
-    extents, so unchanged memory regions chunk identically."""
+    extents, so unchanged memory regions chunk identically. `image_dirs`:
+    the final images and any pre-dump passes before them."""
     table: Dict[str, list] = {}
     try:
         from criu_bindings.images import iter_pagemaps
 
-        for _pagemap, pages, extents in iter_pagemaps(image_dir):
-            table[f"{CRIU_DIR}/{os.path.basename(pages)}"] = list(extents)
+        for d in image_dirs:
+            for _pagemap, pages, extents in iter_pagemaps(os.path.join(checkpoint_dir, d)):
+                table[f"{d}/{os.path.basename(pages)}"] = list(extents)
     except Exception:
         table = {}
     return lambda rel: table.get(rel)
@@ -163,6 +165,21 @@ def checkpoint_container(
             raise CheckpointError(f"container is {status or 'gone'}", container_id=container_id, job_key=job_key)
         already_paused = status == "paused"
 
+        # With dirty-page tracking, most memory is written while the job
+        # runs; the final dump then writes only what changed since.
+        pre_dumps = predump.wanted(cfg.checkpoint.pre_dump, cfg.checkpoint.pre_dump_iterations,
+                                   cfg.checkpoint.pre_dump == "auto" and predump.mem_dirty_track(
+                                       cache_file=os.path.join(state_dir, "criu-features.json")), status)
+        parent = ""
+        pre_dump_seconds = 0.0
+        if pre_dumps:
+            t_pre = time.monotonic()
+            try:
+                parent = predump.run_pre_dumps(runc, container_id, os.path.join(staging, "out"), work, pre_dumps)
+            except CheckpointError as e:
+                log(f"{e}; taking a full dump")
+                pre_dumps = 0
+            pre_dump_seconds = time.monotonic() - t_pre
         # Most of the rootfs diff is copied while the job still runs; the
         # frozen pass only copies what changed since (rootfs_diff docstring).
         try:
@@ -182,7 +199,8 @@ def checkpoint_container(
             faults.point("frozen")
             volume_files = open_files.scan(freezer.pids(), spec)
             t_dump = time.monotonic()
-            runc.checkpoint(container_id, images, work, leave_running=True)
+            runc.checkpoint(container_id, images, work, leave_running=True,
+                            extra=("--parent-path", parent) if parent else ())
             dump_seconds = time.monotonic() - t_dump
             faults.point("dumped")
             diff_stats = rootfs_diff.capture(overlay.upper, rootfs_out, pre)
@@ -216,12 +234,15 @@ def checkpoint_container(
                 "rootfs_frozen_bytes": diff_stats["frozen_bytes"],
                 "rootfs_precopy_seconds": round(pre.seconds, 6) if pre else 0.0,
                 **criu_stats,
+                "pre_dumps": pre_dumps,
+                "pre_dump_seconds": round(pre_dump_seconds, 6),
             },
-            labels={"reason": reason},
+            labels={"reason": reason, **({predump.LABEL: predump.chain_label(pre_dumps)} if pre_dumps else {})},
         )
         repo = open_repository(cfg, job)
         faults.point("before-upload")
-        manifest = repo.commit(os.path.join(staging, "out"), template, extents_for=pages_extents(images))
+        manifest = repo.commit(os.path.join(staging, "out"), template, extents_for=pages_extents(
+            os.path.join(staging, "out"), [predump.pre_dir(n) for n in range(pre_dumps)] + [CRIU_DIR]))
         faults.point("committed")
         try:
             repo.prune(cfg.checkpoint.keep)

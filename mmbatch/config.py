@@ -55,6 +55,11 @@ class CheckpointSection:
     bandwidth_mbps: float = 0.0
     jitter: float = 0.1
     retry_seconds: float = 30.0
+    # Pre-dump passes while the job runs, where the kernel tracks dirty pages
+    # (mmbatch/predump.py): "auto" uses them when `criu check --feature
+    # mem_dirty_track` succeeds, "off" never.
+    pre_dump: str = "auto"
+    pre_dump_iterations: int = 1
 
 
 @dataclass
@@ -287,6 +292,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"must be between 0 and 0.5, got {c.jitter:g}", path=p, key="checkpoint.jitter")
     if c.retry_seconds < 1:
         raise ConfigError("must be at least 1s", path=p, key="checkpoint.retry_seconds")
+    if c.pre_dump not in ("auto", "off"):
+        raise ConfigError(f"must be auto or off, got {c.pre_dump!r}", path=p, key="checkpoint.pre_dump")
+    if not 1 <= c.pre_dump_iterations <= 5:
+        raise ConfigError("must be between 1 and 5", path=p, key="checkpoint.pre_dump_iterations")
     if cfg.spot.final_parallel < 0:
         raise ConfigError("must not be negative (0 means one per CPU)", path=p, key="spot.final_parallel")
     if not 0 < cfg.spot.kill_wait_seconds <= 600:
@@ -318,6 +327,8 @@ memory_staging_dir = "/dev/shm"   # tmpfs staging when the images fit in free me
 parallel = 2                 # periodic checkpoints at once on this node
 bandwidth_mbps = 0           # average upload cap in Mbit/s; 0 = none
 jitter = 0.1                 # each interval varies by up to +-10%
+pre_dump = "auto"            # pre-dump passes while the job runs, if the kernel tracks dirty pages | off
+pre_dump_iterations = 1
 
 [store]
 url = "file:///var/lib/mmbatch/checkpoints"   # a mounted FSx/EFS/JuiceFS path, or s3://bucket/prefix

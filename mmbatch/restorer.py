@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from mmbatch import attempts, events, faults, oci, open_files, rootfs_diff
+from mmbatch import attempts, events, faults, oci, open_files, predump, rootfs_diff
 from mmbatch.checkpointer import CRIU_DIR, ROOTFS_DIR, criu_version, keep_logs, node_info, open_repository
 from mmbatch.compat import check as compat_check
 from mmbatch.compat import node_compat
@@ -143,6 +143,7 @@ def _restore_one(req: CreateRequest, repo, manifest) -> Dict[str, float]:
         phases = {"fetch_seconds": time.monotonic() - t}
         faults.point("fetched")
         truncations = open_files.plan_restore(manifest.open_files, req.spec)
+        predump.relink(out, predump.parse_chain_label(manifest.labels.get(predump.LABEL, "")))
         t = time.monotonic()
         touched = rootfs_diff.apply(merged, os.path.join(out, ROOTFS_DIR), backup)
         open_files.truncate(truncations)
