@@ -70,7 +70,7 @@ class StoreSection:
     sse: str = "AES256"
     kms_key_id: str = ""
     expected_bucket_owner: str = ""
-    chunk_size: int = 2 * 1024 * 1024
+    chunk_size: int = 256 * 1024
     pack_size: int = 16 * 1024 * 1024
     parallel: int = 8
 

@@ -24,8 +24,8 @@ BLOCK = 1 * MiB
 
 @pytest.mark.slow
 def test_rewriting_ten_percent_adds_at_most_fifteen_percent(s3_server, bucket, tmp_path):
-    # 1 MiB chunks for 1 MiB writes: with the default 2 MiB chunks each 1 MiB block
-    # would cost a whole 2 MiB chunk (and twice that when it straddles two).
+    # 1 MiB chunks for 1 MiB writes on the same 1 MiB grid: each rewritten
+    # block is exactly one chunk.
     store = s3_store(s3_server, bucket, "ckpt")
     repo = CheckpointRepository(store, "job-1", chunk_size=1 * MiB, pack_size=16 * MiB, parallel=8)
     src = tmp_path / "ckpt"

@@ -220,7 +220,7 @@ def test_ids_keep_increasing_when_the_clock_goes_back(store, tmp_path):
 
 
 def test_dedup_uploads_only_changed_chunks(store, tmp_path):
-    repo = CheckpointRepository(store, JOB)  # default 2 MiB chunks
+    repo = CheckpointRepository(store, JOB, chunk_size=2 * MiB)
     data = bytearray(os.urandom(20 * 2 * MiB))
     src = make_tree(tmp_path / "src", {"pages-1.img": bytes(data), "core-1.img": b"core"})
     first = repo.commit(str(src), template())
