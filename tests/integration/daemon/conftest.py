@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Callable, List
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
@@ -49,10 +49,13 @@ def imds_factory():
 def node_factory(daemon_prereqs, store_dir) -> Callable[..., Node]:
     nodes: List[Node] = []
 
-    def make(name: str, images=(), store: str = "") -> Node:
+    def make(name: str, images=(), store: str = "", extra_env: Optional[Dict[str, str]] = None,
+             **config: Any) -> Node:
+        """A started node; `config`: Node.write_config's keywords, `extra_env`: for its runtime and daemon."""
         n = Node(name, store or store_dir)
         nodes.append(n)
-        n.write_config()
+        n.extra_env.update(extra_env or {})
+        n.write_config(**config)
         n.start_dockerd()
         if images:
             n.load_images(*images)

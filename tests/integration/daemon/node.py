@@ -66,8 +66,8 @@ class Node:
     def write_config(self, imds: str = "http://127.0.0.1:9", interval: str = "15m", keep: int = 100,
                      parallel: int = 2, jitter: float = 0.1, grace: float = 60, poll: float = 0.5,
                      kill_wait: float = 100, final_parallel: int = 0, spot_enabled: bool = True,
-                     store_url: str = "", store_settings: Optional[Dict[str, str]] = None) -> None:
-        store_lines = "".join(f'{k} = "{v}"\n' for k, v in (store_settings or {}).items())
+                     store_url: str = "", store_settings: Optional[Dict[str, object]] = None) -> None:
+        store_lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (store_settings or {}).items())
         text = f"""
 [runtime]
 state_dir = "{self.state_dir}"
