@@ -25,7 +25,11 @@ period (default 1 hour):
    the object itself is older than the grace period (checked again just
    before the delete);
 3. manifests listed first, trash second: a manifest moved meanwhile is
-   seen in one or the other.
+   seen in one or the other;
+4. what it is about to delete it first marks as garbage
+   (`ObjectStore.mark_garbage`: an S3 object tag), so a bucket lifecycle rule
+   that expires only marked objects finishes a gc that was cut short, and
+   never touches a chunk a manifest still needs.
 A commit only reuses objects of manifests it saw in `manifests/`; if such
 a manifest is pruned meanwhile, its trash copy protects those objects for a
 grace period, by which time the commit's own manifest references them. New
@@ -784,6 +788,8 @@ class CheckpointRepository:
             if self._clock() - info.mtime >= grace:
                 to_delete.append(key)
                 result.bytes_deleted += size
+        # Marked first: a lifecycle rule on the mark finishes a gc cut short here (docs/aws.md).
+        self.store.mark_garbage(to_delete + expired_trash)
         self.store.delete_many(to_delete)
         result.objects_deleted = len(to_delete)
         self.store.delete_many(expired_trash)

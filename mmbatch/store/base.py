@@ -33,6 +33,13 @@ MAX_COMPONENT_BYTES = 255
 # Names starting with this are the store's own (temp files); keys cannot use it.
 RESERVED_PREFIX = ".mmbatch-"
 
+# The label garbage collection puts on an object it is about to delete (an S3
+# object tag): a bucket lifecycle rule that expires only objects with this tag
+# finishes a delete that never happened (the node died mid-gc), and cannot
+# touch live data (`mmbatch aws bucket`, docs/aws.md).
+GARBAGE_TAG_KEY = "mmbatch-gc"
+GARBAGE_TAG_VALUE = "garbage"
+
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -133,6 +140,15 @@ class ObjectStore(abc.ABC):
         """Remove several objects (backends batch this where they can)."""
         for key in keys:
             self.delete(key)
+
+    def mark_garbage(self, keys: Iterable[str]) -> int:
+        """Label objects garbage collection is about to delete; returns how many were labelled.
+
+        Best effort: a failure is logged, never raised, since the label only
+        lets a store-side expiry rule finish an interrupted delete. Backends
+        without labels (file systems, which have no expiry rules) do nothing.
+        """
+        return 0
 
     def list_info(self, prefix: str = "") -> Iterator[Tuple[str, ObjectInfo]]:
         """(key, ObjectInfo) below `prefix`; objects deleted meanwhile are skipped.

@@ -48,6 +48,7 @@ import os
 import re
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import boto3
@@ -58,7 +59,15 @@ from s3transfer.exceptions import RetriesExceededError
 from s3transfer.manager import TransferConfig, TransferManager
 
 from mmbatch.errors import CorruptObject, ObjectNotFound, StoreError
-from mmbatch.store.base import RESERVED_PREFIX, ObjectInfo, ObjectStore, validate_key, validate_prefix
+from mmbatch.store.base import (
+    GARBAGE_TAG_KEY,
+    GARBAGE_TAG_VALUE,
+    RESERVED_PREFIX,
+    ObjectInfo,
+    ObjectStore,
+    validate_key,
+    validate_prefix,
+)
 
 if TYPE_CHECKING:
     from mmbatch.config import StoreSection
@@ -697,3 +706,42 @@ class S3ObjectStore(ObjectStore):
                     + (f" (and {len(errors) - 1} more objects)" if len(errors) > 1 else ""),
                     hint=hint,
                 )
+
+    def mark_garbage(self, keys: Iterable[str]) -> int:
+        """Tag each object `mmbatch-gc=garbage` (PutObjectTagging, `parallel` at a time).
+
+        A bucket lifecycle rule filtered on that tag expires what a gc marked
+        but could not delete. A PUT of the same key later (a commit uploading
+        that chunk again) replaces the object and its tags, so a re-used key
+        is never left marked. Gone objects are skipped; a refused tagging
+        (a role without s3:PutObjectTagging) is logged once and stops marking,
+        and gc deletes as before.
+        """
+        fulls = [(k, self._key(k)) for k in keys]
+        if not fulls:
+            return 0
+        tagging = {"TagSet": [{"Key": GARBAGE_TAG_KEY, "Value": GARBAGE_TAG_VALUE}]}
+        refused = threading.Event()
+
+        def mark(item: Tuple[str, str]) -> bool:
+            key, full = item
+            if refused.is_set():
+                return False
+            try:
+                self._client.put_object_tagging(Bucket=self._bucket, Key=full, Tagging=tagging)
+                return True
+            except bce.ClientError as e:
+                if _status(e) == 404 or _code(e) in _NOT_FOUND:
+                    return False
+                if (_code(e) in _DENIED or _status(e) == 403) and not refused.is_set():
+                    refused.set()
+                    log.warning("%s: cannot tag garbage for the lifecycle rule (%s); objects are still deleted. "
+                                "Allow s3:PutObjectTagging on the prefix (docs/aws.md)", self.describe(), _code(e))
+                    return False
+                log.warning("%s: cannot tag %r as garbage: %s", self.describe(), key, _code(e))
+            except bce.BotoCoreError as e:
+                log.warning("%s: cannot tag %r as garbage: %s", self.describe(), key, e)
+            return False
+
+        with ThreadPoolExecutor(max_workers=self._parallel, thread_name_prefix="mmbatch-gc-tag") as pool:
+            return sum(pool.map(mark, fulls))
