@@ -15,7 +15,8 @@ plain runc bundle of the same image, its images in the page cache),
 alternated; the whole `docker run` time is reported too.
 
 Usage: python3 bench/checkpoint.py [--sizes 256,1024,4096] [--runs 3] [--rootfs-mib 500]
-                                    [--staging /var/lib/mmbatch/staging] [--no-restore]
+                                    [--staging /var/lib/mmbatch/staging] [--tmpfs]
+                                    [--restore-sizes 256,1024] [--fill rotated|random]
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ mib = int(os.environ.get("MIB", "0")); rootfs_mib = int(os.environ.get("ROOTFS_M
 block = os.urandom(1 << 20)
 buf = bytearray(mib << 20)
 for i in range(mib):
-    buf[i << 20:(i + 1) << 20] = block[i % 7:] + block[:i % 7]
+    if os.environ.get("FILL") == "random":  # incompressible: nothing for a compressor or dedup to find
+        buf[i << 20:(i + 1) << 20] = os.urandom(1 << 20)
+    else:
+        buf[i << 20:(i + 1) << 20] = block[i % 7:] + block[:i % 7]
 if rootfs_mib:
     with open("/big-output.bin", "wb") as f:
         for i in range(rootfs_mib):
@@ -67,8 +71,12 @@ def sh(*argv, check=True, **kw):
     return subprocess.run(list(argv), capture_output=True, text=True, check=check, **kw)
 
 
-def gaps_between(name, t0, t1):
-    out = sh("docker", "logs", name).stdout
+def gaps_between(name, t0, t1, engine="docker"):
+    return gaps_in(sh(engine, "logs", name).stdout, t0, t1)
+
+
+def gaps_in(out, t0, t1):
+    """The largest gap the JOB's timestamp loop printed between t0 and t1 (0.0 when none)."""
     gaps = []
     for line in out.splitlines():
         parts = line.split()
@@ -79,21 +87,21 @@ def gaps_between(name, t0, t1):
     return max(gaps) if gaps else 0.0
 
 
-def wait_ready(name, timeout=600):
+def wait_ready(name, timeout=600, engine="docker"):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if "ready" in sh("docker", "logs", name, check=False).stdout:
+        if "ready" in sh(engine, "logs", name, check=False).stdout:
             return
         time.sleep(0.5)
     raise RuntimeError(f"{name} never got ready")
 
 
-def bench_checkpoint(image, cfg, mib, rootfs_mib, runs, staging):
+def bench_checkpoint(image, cfg, mib, rootfs_mib, runs, staging, fill="rotated"):
     name = f"mmbatch-bench-{uuid.uuid4().hex[:8]}"
     job_id = f"bench-{uuid.uuid4().hex[:8]}"
     sh("docker", "run", "-d", "--name", name, "--runtime", "mmbatch", "--network", "none",
        "-e", f"AWS_BATCH_JOB_ID={job_id}", "-e", f"MIB={mib}", "-e", f"ROOTFS_MIB={rootfs_mib}",
-       image, "python3", "-c", JOB)
+       "-e", f"FILL={fill}", image, "python3", "-c", JOB)
     try:
         wait_ready(name)
         cid = sh("docker", "inspect", "-f", "{{.Id}}", name).stdout.strip()
@@ -123,6 +131,18 @@ def bench_checkpoint(image, cfg, mib, rootfs_mib, runs, staging):
         return rows, job_id
     finally:
         sh("docker", "rm", "-f", name, check=False)
+        _forget_job(cfg, job_id)
+
+
+def _forget_job(cfg, job_id):
+    """Delete the bench job's checkpoints from the store (GiBs each: nothing else removes them)."""
+    from mmbatch.checkpointer import open_repository
+    from mmbatch.errors import MmbatchError
+
+    try:
+        open_repository(cfg, {"job_key": job_id}).delete_all()
+    except MmbatchError as e:
+        print(f"could not delete the checkpoints of {job_id}: {e}", file=sys.stderr)
 
 
 def timed(*argv):
@@ -131,7 +151,7 @@ def timed(*argv):
     return time.perf_counter() - t0
 
 
-def _bare_bundle(image, workdir, mib):
+def _bare_bundle(image, workdir, mib, fill="rotated"):
     """A plain runc bundle running the same job from the same image, no engine."""
     bundle = os.path.join(workdir, "bundle")
     rootfs = os.path.join(bundle, "rootfs")
@@ -148,7 +168,8 @@ def _bare_bundle(image, workdir, mib):
         spec = json.load(f)
     spec["process"]["terminal"] = False
     spec["process"]["args"] = ["python3", "-c", JOB]
-    spec["process"]["env"] = ["PATH=/usr/bin:/bin", f"MIB={mib}", "ROOTFS_MIB=0", "READY_FILE=/ready"]
+    spec["process"]["env"] = ["PATH=/usr/bin:/bin", f"MIB={mib}", "ROOTFS_MIB=0", "READY_FILE=/ready",
+                               f"FILL={fill}"]
     spec["root"]["readonly"] = False
     with open(os.path.join(bundle, "config.json"), "w") as f:
         json.dump(spec, f)
@@ -167,13 +188,13 @@ def _runc_restore(bundle, images, cid, root):
     return time.perf_counter() - t0
 
 
-def bench_restore(image, cfg, mib, runs, staging):
+def bench_restore(image, cfg, mib, runs, staging, fill="rotated"):
     """Restore-on-create inside the runtime's create (fetch from the local store,
     verify, rootfs diff, runc restore: the `restore` event's seconds) vs a bare
     `runc restore` of the same job from local disk, alternated. The wall time
     of the whole `docker run` is reported beside them."""
     job_id = f"bench-r-{uuid.uuid4().hex[:8]}"
-    env = ["-e", f"MIB={mib}", "-e", "ROOTFS_MIB=0"]
+    env = ["-e", f"MIB={mib}", "-e", "ROOTFS_MIB=0", "-e", f"FILL={fill}"]
     ours = f"mmbatch-bench-r-{uuid.uuid4().hex[:8]}"
     names = [ours]
     work = os.path.join(staging, f"bare-{uuid.uuid4().hex[:8]}")
@@ -188,7 +209,7 @@ def bench_restore(image, cfg, mib, runs, staging):
                              cfg.runtime.state_dir, reason="bench")
         sh("docker", "kill", ours)
         os.makedirs(work)
-        bundle = _bare_bundle(image, work, mib)
+        bundle = _bare_bundle(image, work, mib, fill)
         subprocess.run(["runc", "--root", root, "run", "-d", "--bundle", bundle, bare_id],
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
         deadline = time.time() + 300
@@ -229,13 +250,14 @@ def bench_restore(image, cfg, mib, runs, staging):
         sh("docker", "rm", "-f", *names, check=False)
         sh("runc", "--root", root, "delete", "-f", bare_id, check=False)
         shutil.rmtree(work, ignore_errors=True)
+        _forget_job(cfg, job_id)
 
 
 def med(rows, key):
     return statistics.median(r[key] for r in rows)
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="256,1024,4096")
     ap.add_argument("--rootfs-mib", type=int, default=500)
@@ -244,7 +266,10 @@ def main():
     ap.add_argument("--tmpfs", action="store_true", help="also measure with staging on a tmpfs")
     ap.add_argument("--restore-sizes", default="256,1024",
                     help="RSS sizes for the restore comparison (needs dockerd --experimental); '' skips it")
-    args = ap.parse_args()
+    ap.add_argument("--fill", choices=("rotated", "random"), default="rotated",
+                    help="job memory: 7 rotations of one random MiB (fast to make; compresses and dedups) "
+                         "or all random (incompressible)")
+    args = ap.parse_args(argv)
     cfg = config_mod.load()
     image = ensure_python()
     stagings = [("disk", args.staging or cfg.checkpoint.staging_dir)]
@@ -260,7 +285,7 @@ def main():
         for label, staging in stagings:
             os.makedirs(staging, exist_ok=True)
             for mib, rootfs_mib in cases:
-                rows, _ = bench_checkpoint(image, cfg, mib, rootfs_mib, args.runs, staging)
+                rows, _ = bench_checkpoint(image, cfg, mib, rootfs_mib, args.runs, staging, args.fill)
                 res = {
                     "staging": label, "rss_mib": mib, "rootfs_mib": rootfs_mib,
                     "mmbatch_freeze": med(rows["mmbatch"], "freeze"), "runc_freeze": med(rows["runc"], "freeze"),
@@ -275,14 +300,14 @@ def main():
             sh("umount", tmpfs_dir, check=False)
     restores = []
     for mib in [int(x) for x in args.restore_sizes.split(",") if x]:
-        rows = bench_restore(image, cfg, mib, args.runs, stagings[0][1])
+        rows = bench_restore(image, cfg, mib, args.runs, stagings[0][1], args.fill)
         ratios = sorted(a["restore"] / b["restore"] for a, b in zip(rows["mmbatch"], rows["runc"]))
         r = {"rss_mib": mib, "mmbatch_restore": med(rows["mmbatch"], "restore"),
              "runc_restore": med(rows["runc"], "restore"), "ratio": ratios[len(ratios) // 2],
              "docker_run": med(rows["mmbatch"], "docker_run"), "runs": rows}
         restores.append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "runs"}), flush=True)
-    path = save("checkpoint", {"machine": machine(), "results": results, "restores": restores})
+    path = save("checkpoint", {"machine": machine(), "fill": args.fill, "results": results, "restores": restores})
     print("\n| staging | RSS MiB | rootfs MiB | freeze mmbatch s | freeze runc s | ratio | wall mmbatch s "
           "| wall runc s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -301,4 +326,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main() or 0)

@@ -1,6 +1,12 @@
-"""Shared helpers for the benchmarks: alternated A/B timing, medians, reports.
+"""Shared helpers for the benchmarks: alternated A/B timing, medians, results.
 
 Stdlib only; each benchmark stands alone (no external timing tool).
+
+Every bench writes one JSON file, bench/results/<name>.json, through
+`save`, which adds the common fields the report reads: `bench` (the name),
+`argv`, `run_id` (from $MMBATCH_BENCH_RUN, set by bench/run, so a report
+tells results of this run from stale ones), `saved_at` and
+`elapsed_seconds` (since this module was imported).
 """
 
 from __future__ import annotations
@@ -8,12 +14,42 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
+import sys
 import time
 from typing import Callable, Dict, List, Sequence
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.environ.get("MMBATCH_BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                   "results")
+RUN_ENV = "MMBATCH_BENCH_RUN"
+MiB = 1024 * 1024
+_STARTED = time.time()
+_UNITS = {"": 1, "K": 1024, "M": MiB, "G": 1024 * MiB}
+
+
+def parse_bytes(text: str) -> int:
+    """A byte count: 4096, 256K, 2M, 1.5G (binary units; a trailing B or iB is allowed)."""
+    t = text.strip().upper()
+    for suffix in ("IB", "B"):
+        if t.endswith(suffix) and len(t) > len(suffix):
+            t = t[:-len(suffix)]
+            break
+    unit = t[-1] if t and t[-1] in _UNITS else ""
+    try:
+        number = float(t[:-1] if unit else t)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r}") from None
+    return int(number * _UNITS[unit])
+
+
+def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median of the pairwise ratios a[i] / b[i] of alternated runs."""
+    ratios = sorted(x / y for x, y in zip(a, b) if y)
+    if not ratios:
+        raise ValueError("no pairs with a non-zero baseline")
+    return statistics.median(ratios)
 
 
 def run_quiet(argv: Sequence[str], timeout: float = 120) -> float:
@@ -55,16 +91,45 @@ def machine() -> Dict[str, str]:
     return {
         "kernel": platform.release(),
         "cpus": str(os.cpu_count()),
+        "cpu_model": _cpu_model(),
+        "memory_gib": _memory_gib(),
         "python": platform.python_version(),
         "runc": version(["runc", "--version"]),
         "criu": version(["criu", "--version"]),
+        "criu_path": shutil.which("criu") or "absent",
         "docker": version(["docker", "version", "--format", "{{.Server.Version}}"]),
     }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _memory_gib() -> str:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return f"{int(line.split()[1]) / (1 << 20):.1f}"
+    except OSError:
+        pass
+    return "unknown"
 
 
 def save(name: str, data: Dict) -> str:
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
+    common = {"bench": name, "argv": sys.argv[1:], "run_id": os.environ.get(RUN_ENV, ""),
+              "saved_at": time.time(), "elapsed_seconds": round(time.time() - _STARTED, 1)}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({**common, **data}, f, indent=1)
+    os.replace(tmp, path)
     return path

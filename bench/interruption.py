@@ -7,7 +7,10 @@ integration tests), a fake IMDS that announces the interruption, and a
 SeaweedFS S3 server on 127.0.0.1 as the store (`--store file` uses a local
 directory instead). Goal: 10 x 512 MiB within 90 s on a 2-core machine.
 
-Usage: python3 bench/interruption.py [--counts 1,5,10] [--mib 512] [--store s3|file]
+With --repeat N each count runs N times (each on a fresh node) and the
+median is reported.
+
+Usage: python3 bench/interruption.py [--counts 1,5,10] [--mib 512] [--store s3|file] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -74,12 +79,13 @@ def one_run(n: int, mib: int, image: str, store: str, server, bucket: str) -> di
         shutil.rmtree(store_dir, ignore_errors=True)
 
 
-def main() -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--counts", default="1,5,10")
     ap.add_argument("--mib", type=int, default=512)
     ap.add_argument("--store", choices=("s3", "file"), default="s3")
-    args = ap.parse_args()
+    ap.add_argument("--repeat", type=int, default=1, help="runs per count; the median is reported")
+    args = ap.parse_args(argv)
     image = ensure_python()
     server = bucket = None
     if args.store == "s3":
@@ -88,9 +94,13 @@ def main() -> int:
     results = []
     try:
         for n in [int(x) for x in args.counts.split(",") if x]:
-            r = one_run(n, args.mib, image, args.store, server, bucket)
+            runs = []
+            for _ in range(max(1, args.repeat)):
+                runs.append(one_run(n, args.mib, image, args.store, server, bucket))
+                print(json.dumps(runs[-1]), flush=True)
+            r = dict(runs[0], seconds=statistics.median(x["seconds"] for x in runs),
+                     all_committed=all(x["all_committed"] for x in runs), samples=[x["seconds"] for x in runs])
             results.append(r)
-            print(json.dumps(r), flush=True)
     finally:
         if server is not None:
             server.stop()

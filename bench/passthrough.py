@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -41,11 +42,11 @@ def interpreter_of(script: str) -> str:
     return first[2:].split()[0]
 
 
-def main() -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--calls", type=int, default=60)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     image = ensure_image()
     runtime_path = registered_path()
     runc = shutil.which("runc") or "runc"

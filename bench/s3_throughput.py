@@ -33,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -150,7 +150,7 @@ def alternated(runs: Dict[str, Callable[[], Dict[str, float]]], rounds: int) -> 
     return out
 
 
-def main() -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=parse_size, default=parse_size("2G"), help="pages image size (2G, 256M...)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -159,7 +159,7 @@ def main() -> int:
     ap.add_argument("--access-key", default=os.environ.get(s3server.ACCESS_KEY_ENV, s3server.ACCESS_KEY))
     ap.add_argument("--secret-key", default=os.environ.get(s3server.SECRET_KEY_ENV, s3server.SECRET_KEY))
     ap.add_argument("--workdir", default="", help="where the checkpoint is made (default: a temp dir)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     work = tempfile.mkdtemp(prefix="mmbatch-bench-s3-", dir=args.workdir or None)
     server = None
