@@ -44,8 +44,9 @@ Install choices:
   --default-runtime    make mmbatch Docker's default-runtime (what ECS needs for
                        "zero workflow changes"), chaining to the previous default
   --gpu auto|yes|no    GPU node: ECS_NVIDIA_RUNTIME=mmbatch in /etc/ecs/ecs.config and
-                       delegate to the nvidia runtime (auto: when nvidia-smi exists)
-  --editable           pip install -e SRC[test] (developers and CI) instead of SRC
+                       delegate to the nvidia runtime (auto: when nvidia-smi exists);
+                       builds CRIU's CUDA plugin for GPU checkpoints (docs/gpu.md)
+  --editable           pip install -e SRC[test,bench] (developers and CI) instead of SRC
   --src DIR            the mmbatch source tree (default: this script's directory)
   --python PATH        Python >= 3.9 for the venv (default: see the script's header)
   --offline DIR        offline packages: CRIU .deb files made with
@@ -268,6 +269,43 @@ install_criu() {
   criu_works /usr/local/sbin/criu || die "the portable CRIU at /usr/local/sbin/criu fails 'criu check'"
 }
 
+# CRIU's CUDA plugin (GPU nodes): CRIU runs cuda-checkpoint through it. No
+# distribution's CRIU package ships it, so it is built for the installed CRIU
+# from that version's source (deploy/install-criu.sh --build-cuda-plugin).
+# A node without it still runs GPU jobs; they are just not checkpointed.
+install_cuda_plugin() {
+  local dir dest src f
+  for dir in /opt/criu4/usr/lib/criu /usr/lib/criu /usr/local/lib/criu; do
+    if [ -f "$HR$dir/cuda_plugin.so" ]; then
+      log "CRIU CUDA plugin: $dir/cuda_plugin.so"
+      return
+    fi
+  done
+  dest=/usr/local/lib/criu
+  case "$(command -v criu || true)" in /usr/local/sbin/criu) dest=/opt/criu4/usr/lib/criu ;; esac
+  src=""
+  if [ -n "$OFFLINE" ]; then
+    for f in "$OFFLINE"/criu_*.orig.tar.*; do if [ -e "$f" ]; then src=$f; break; fi; done
+  fi
+  if [ -n "$HR" ]; then
+    warn "GPU node: no CRIU CUDA plugin under $HR (not built with --host-root)"
+  elif [ -n "$src" ]; then
+    bash "$SRC/deploy/install-criu.sh" --build-cuda-plugin "$dest" --criu-source "$src" \
+      || warn "GPU node: building CRIU's CUDA plugin failed: GPU jobs will not be checkpointed"
+  elif command -v apt-get >/dev/null; then
+    bash "$SRC/deploy/install-criu.sh" --build-cuda-plugin "$dest" \
+      || warn "GPU node: building CRIU's CUDA plugin failed: GPU jobs will not be checkpointed"
+  else
+    warn "GPU node: CRIU's CUDA plugin is missing and its source cannot be fetched here (no apt):
+  on a Debian/Ubuntu machine run 'deploy/install-criu.sh --download-only DIR --cuda-plugin',
+  copy DIR here and run install.sh --offline DIR. Until then GPU jobs are not checkpointed."
+  fi
+  if [ -z "$HR" ] && ! command -v cuda-checkpoint >/dev/null; then
+    warn "GPU node: cuda-checkpoint (NVIDIA's tool, see docs/gpu.md) is not on PATH: install it or set" \
+         "[gpu] cuda_checkpoint in the config; until then GPU jobs are not checkpointed"
+  fi
+}
+
 # --- python and the venv -------------------------------------------------------
 py_ok() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' >/dev/null 2>&1; }
 py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
@@ -352,8 +390,8 @@ pip_install() {
     args+=(--no-index --find-links "$OFFLINE/wheels")
   fi
   if [ "$EDITABLE" = 1 ]; then
-    log "pip install -e ${SRC}[test]"
-    args+=(-e "${SRC}[test]")
+    log "pip install -e ${SRC}[test,bench]"
+    args+=(-e "${SRC}[test,bench]")
   else
     log "pip install $SRC"
     args+=("$SRC")
@@ -508,6 +546,7 @@ do_install() {
     [ "$FAMILY" != unknown ] || die "unsupported distribution '$OS_ID': install runc, CRIU >= 4 and python3 >= 3.9 yourself and use --no-packages"
     install_runc
     install_criu
+    if gpu_node; then install_cuda_plugin; fi
   else
     log "no OS packages (--no-packages)"
   fi

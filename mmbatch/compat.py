@@ -107,19 +107,16 @@ def check(
     if rec_criu and cur_criu and cur_criu < rec_criu:
         return (f"CRIU here ({current.get('criu_version')}) is older than the one that dumped "
                 f"({recorded.get('criu_version')})")
-    rgpu = recorded.get("gpu")
-    cgpu = current.get("gpu")
-    if rgpu:
-        if not cgpu:
-            return "the checkpoint needs a GPU and this node has none"
-        if rgpu.get("model") != cgpu.get("model") or rgpu.get("count") != cgpu.get("count"):
-            return f"GPU differs ({rgpu.get('count')}x {rgpu.get('model')} vs {cgpu.get('count')}x {cgpu.get('model')})"
-        if parse_version(str(cgpu.get("driver", ""))) < parse_version(str(rgpu.get("driver", ""))):
-            return f"GPU driver here ({cgpu.get('driver')}) is older than at dump ({rgpu.get('driver')})"
+    from mmbatch.gpu import compat_problem  # same model and count, a driver at least as new
+
+    gpu_problem = compat_problem(recorded.get("gpu"), current.get("gpu"))
+    if gpu_problem:
+        return gpu_problem
     return None
 
 
-def node_compat(spec: Mapping[str, Any], image_id: str, criu_version: str, runc_version: str) -> Dict[str, Any]:
+def node_compat(spec: Mapping[str, Any], image_id: str, criu_version: str, runc_version: str,
+                gpu: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The compat record for a container on this node."""
     return {
         "image_id": image_id,
@@ -129,5 +126,5 @@ def node_compat(spec: Mapping[str, Any], image_id: str, criu_version: str, runc_
         "runc_version": runc_version,
         "arch": platform.machine(),
         "kernel": platform.release(),
-        "gpu": None,
+        "gpu": gpu,  # mmbatch.gpu.GpuInfo.to_compat() of a GPU job, else None
     }

@@ -44,6 +44,7 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 NODE_KEYS: Tuple[str, ...] = ("hostname", "instance_id", "instance_type", "availability_zone", "lifecycle")
 _COMPAT_STR_KEYS: Tuple[str, ...] = ("image_id", "job_hash", "criu_version", "runc_version", "arch", "kernel")
 COMPAT_KEYS: Tuple[str, ...] = _COMPAT_STR_KEYS + ("cpu_flags", "gpu")
+GPU_KEYS: Tuple[str, ...] = ("model", "count", "driver", "cuda", "memory_mib")
 OPEN_FILE_KEYS: Tuple[str, ...] = ("path", "size", "append", "writable")
 CHUNK_OBJECT_DIRS: Tuple[str, ...] = ("chunks/", "packs/")
 
@@ -290,8 +291,12 @@ class Manifest:
         for i, flag in enumerate(_list(compat.get("cpu_flags", []), "compat.cpu_flags")):
             _str(flag, f"compat.cpu_flags[{i}]")
         gpu = compat.get("gpu")
-        if gpu is not None:
-            _dict(gpu, "compat.gpu")
+        if gpu is not None:  # mmbatch.gpu.GpuInfo.to_compat()
+            _exact_keys(_dict(gpu, "compat.gpu"), GPU_KEYS, "compat.gpu", allow_missing=True)
+            for k in ("model", "driver", "cuda"):
+                _str(gpu.get(k, ""), f"compat.gpu.{k}")
+            for k in ("count", "memory_mib"):
+                _int(gpu.get(k, 0), f"compat.gpu.{k}")
         seen: Set[str] = set()
         for i, f in enumerate(_list(self.files, "files")):
             if not isinstance(f, FileEntry):

@@ -30,10 +30,12 @@ def identity_flags(globals_: Dict[str, str]) -> List[str]:
 class Runc:
     """One runtime binary plus the global flags of one container."""
 
-    def __init__(self, binary: str, global_flags: Sequence[str] = (), log_file: Optional[str] = None) -> None:
+    def __init__(self, binary: str, global_flags: Sequence[str] = (), log_file: Optional[str] = None,
+                 env: Optional[Dict[str, str]] = None) -> None:
         self.binary = binary
         self.global_flags = list(global_flags)
         self.log_file = log_file
+        self.env = env  # runc hands it to CRIU (GPU jobs: mmbatch.gpu.criu_environment)
 
     def argv(self, *args: str) -> List[str]:
         out = [self.binary] + self.global_flags
@@ -44,6 +46,8 @@ class Runc:
     def run(self, *args: str, timeout: Optional[float] = None, check: bool = True,
             capture: bool = True, **kw) -> subprocess.CompletedProcess:
         argv = self.argv(*args)
+        if self.env is not None:
+            kw.setdefault("env", self.env)
         try:
             proc = subprocess.run(
                 argv,

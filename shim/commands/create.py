@@ -65,6 +65,23 @@ def _inject_hooks(spec: dict, hook_socket: str) -> None:
             entries.append({"path": hook, "args": ["mmbatch-hook", stage], "env": env, "timeout": 5})
 
 
+def _prepare_gpu(inv: Invocation, spec: dict, runtime: str) -> None:
+    """nvidia-container-runtime adds its prestart hook only on `create`; a
+    restore-on-create needs it too (it puts the GPU devices into the
+    container), so add it the same way. The runtime leaves a spec that has
+    the hook alone, so a cold create is unchanged."""
+    from mmbatch import gpu
+
+    if not gpu.is_nvidia_runtime(runtime):
+        return
+    hook = gpu.find_nvidia_hook(runtime)
+    if hook:
+        gpu.ensure_nvidia_hook(spec, hook)
+    else:
+        runtime_log.write(inv.log_path, "warning", f"{gpu.NVIDIA_HOOK} not found: a GPU job cannot be restored",
+                          inv.log_format)
+
+
 class Prepared:
     """A managed container, prepared: its config, spec and job settings."""
 
@@ -115,7 +132,13 @@ def prepare_managed(inv: Invocation, runtime: str, state_dir: str, cid: str, dec
     cdir = state.container_dir(state_dir, cid)
     os.makedirs(cdir, mode=0o700, exist_ok=True)
     criu_conf = os.path.join(cdir, "criu.conf")
-    oci.write_criu_config(criu_conf, oci.criu_options(cfg.checkpoint))
+    criu_lines = oci.criu_options(cfg.checkpoint)
+    from mmbatch import gpu
+
+    if gpu.requests_gpu(spec):
+        criu_lines += gpu.criu_config_lines(cfg.gpu.lock_timeout)
+        _prepare_gpu(inv, spec, runtime)
+    oci.write_criu_config(criu_conf, criu_lines)
     oci.inject(spec, criu_conf, settings.job_key or "")
     _inject_hooks(spec, cfg.api.hook_socket)
     oci.write_spec(bundle, spec)

@@ -64,11 +64,11 @@ def test_round_trip():
 
 
 def test_defaults_fill_node_and_compat():
-    m = Manifest(checkpoint_id=new_checkpoint_id(), job_key="j", node={"hostname": "h"}, compat={"gpu": {"n": 1}})
+    m = Manifest(checkpoint_id=new_checkpoint_id(), job_key="j", node={"hostname": "h"}, compat={"gpu": {"count": 1}})
     doc = json.loads(m.to_json())
     assert doc["node"]["instance_id"] == ""
     assert doc["compat"]["cpu_flags"] == []
-    assert doc["compat"]["gpu"] == {"n": 1}
+    assert doc["compat"]["gpu"] == {"count": 1}
     assert doc["format"] == 1
     assert Manifest.from_json(m.to_json()).node["hostname"] == "h"
 
