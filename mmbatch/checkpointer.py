@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from mmbatch import events, faults, oci, open_files, predump, rootfs_diff
+from mmbatch import events, faults, gpu, oci, open_files, predump, rootfs_diff
 from mmbatch.compat import node_compat
 from mmbatch.config import Config
 from mmbatch.errors import CheckpointBusy, CheckpointError, MmbatchError
@@ -123,8 +123,10 @@ def checkpoint_container(
     state_dir: str,
     reason: str = "manual",
     log: Callable[[str], None] = lambda msg: None,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> CheckpointResult:
-    """Checkpoint one managed container. Raises CheckpointError; the job runs on."""
+    """Checkpoint one managed container. Raises CheckpointError; the job runs on.
+    `progress(done_bytes, total_bytes)` follows the upload (the CLI's bar)."""
     from shim import state as shim_state
 
     st = shim_state.read(state_dir, container_id)
@@ -145,6 +147,8 @@ def checkpoint_container(
                                   job_key=job_key)
         rootfs = rstate.get("config", {}).get("rootfs") or ""
         spec = oci.read_spec(st["bundle"])
+        # A GPU job: CRIU's CUDA plugin and cuda-checkpoint, or GpuError saying what is missing.
+        gpu_setup = gpu.setup_for(cfg.gpu, spec)
         overlay = rootfs_diff.find_overlay(rootfs)
 
         from mmbatch.manifest import Manifest, new_checkpoint_id
@@ -159,7 +163,8 @@ def checkpoint_container(
         for d in (images, rootfs_out, work):
             os.makedirs(d, mode=0o700, exist_ok=True)
         os.chmod(staging_root, 0o700)
-        runc = Runc(st["runtime"], identity_flags(globals_), log_file=os.path.join(work, "runc.log"))
+        runc = Runc(st["runtime"], identity_flags(globals_), log_file=os.path.join(work, "runc.log"),
+                    env=gpu_setup.environment() if gpu_setup else None)
         status = (runc.state(container_id) or {}).get("status")
         if status not in ("running", "paused"):
             raise CheckpointError(f"container is {status or 'gone'}", container_id=container_id, job_key=job_key)
@@ -170,6 +175,8 @@ def checkpoint_container(
         pre_dumps = predump.wanted(cfg.checkpoint.pre_dump, cfg.checkpoint.pre_dump_iterations,
                                    cfg.checkpoint.pre_dump == "auto" and predump.mem_dirty_track(
                                        cache_file=os.path.join(state_dir, "criu-features.json")), status)
+        if gpu_setup:
+            pre_dumps = 0  # CRIU's CUDA plugin disables itself in pre-dumps: device state needs a full dump
         parent = ""
         pre_dump_seconds = 0.0
         if pre_dumps:
@@ -197,11 +204,13 @@ def checkpoint_container(
             if guard:
                 freezer.freeze()
             faults.point("frozen")
-            volume_files = open_files.scan(freezer.pids(), spec)
+            volume_files = [] if gpu_setup else open_files.scan(freezer.pids(), spec)
             t_dump = time.monotonic()
             runc.checkpoint(container_id, images, work, leave_running=True,
                             extra=("--parent-path", parent) if parent else ())
             dump_seconds = time.monotonic() - t_dump
+            if gpu_setup:  # CRIU thawed the cgroup for the plugin's lock; it is frozen again now
+                volume_files = open_files.scan(freezer.pids(), spec)
             faults.point("dumped")
             diff_stats = rootfs_diff.capture(overlay.upper, rootfs_out, pre)
             faults.point("captured")
@@ -216,7 +225,10 @@ def checkpoint_container(
         criu_stats = _criu_dump_stats(work)
         log(f"frozen {freeze_seconds:.3f}s (dump {dump_seconds:.3f}s)")
 
-        compat = node_compat(spec, st.get("image_id", ""), criu_version(), "")
+        compat = node_compat(spec, st.get("image_id", ""), criu_version(), "",
+                             gpu=gpu_setup.gpu.to_compat() if gpu_setup else None)
+        if gpu_setup:  # the device-state copy happens inside the freeze: say how long it took
+            criu_stats.update(gpu.log_stats(os.path.join(work, "dump.log")))
         template = Manifest(
             checkpoint_id=ckid,
             job_key=job_key,
@@ -233,16 +245,17 @@ def checkpoint_container(
                 "rootfs_bytes": diff_stats["bytes"],
                 "rootfs_frozen_bytes": diff_stats["frozen_bytes"],
                 "rootfs_precopy_seconds": round(pre.seconds, 6) if pre else 0.0,
-                **criu_stats,
                 "pre_dumps": pre_dumps,
                 "pre_dump_seconds": round(pre_dump_seconds, 6),
+                **criu_stats,
             },
             labels={"reason": reason, **({predump.LABEL: predump.chain_label(pre_dumps)} if pre_dumps else {})},
         )
         repo = open_repository(cfg, job)
         faults.point("before-upload")
         manifest = repo.commit(os.path.join(staging, "out"), template, extents_for=pages_extents(
-            os.path.join(staging, "out"), [predump.pre_dir(n) for n in range(pre_dumps)] + [CRIU_DIR]))
+            os.path.join(staging, "out"), [predump.pre_dir(n) for n in range(pre_dumps)] + [CRIU_DIR]),
+            progress=progress)
         faults.point("committed")
         try:
             repo.prune(cfg.checkpoint.keep)
@@ -259,6 +272,7 @@ def checkpoint_container(
             "checkpoint", job_key, container_id, checkpoint_id=manifest.checkpoint_id, reason=reason,
             freeze_seconds=freeze_seconds, dump_seconds=dump_seconds, total_seconds=total,
             bytes_total=result.bytes_total, bytes_uploaded=result.bytes_uploaded,
+            rootfs_bytes=diff_stats["bytes"],
         ), repo)
         return result
     except MmbatchError as e:

@@ -91,18 +91,80 @@ class SpotSection:
 
 @dataclass
 class ApiSection:
+    # HTTP for scripts and the management server: served only when token_file
+    # names a file holding the token ("" listen = no TCP at all).
     listen: str = "127.0.0.1:8080"
     token_file: str = ""
-    socket: str = "/run/mmbatch/mmbatchd.sock"
+    # The unix socket (0600, no token); "" = mmbatchd.sock next to hook_socket.
+    socket: str = ""
     # mmbatch-hook and the runtime tell mmbatchd about containers here
     # (MMBATCH_HOOK_SOCKET overrides it).
     hook_socket: str = "/run/mmbatch/hook.sock"
 
 
 @dataclass
+class ServerSection:
+    """The management server (`mmbatch server`, docs/server.md)."""
+
+    listen: str = "127.0.0.1:8090"
+    # How browsers reach the server (the Cognito callback URL is built from
+    # it; https makes the session cookie Secure). "" = http://<listen>.
+    public_url: str = ""
+    dev: bool = False  # no login at all; only on a loopback address
+    admin_token_file: str = ""
+    cache_path: str = "/var/lib/mmbatch/server.sqlite3"
+    sync_interval: float = 60.0
+    session_lifetime: float = 8 * 3600.0
+    # Prices per vCPU-hour; instance_prices lines "TYPE ON_DEMAND SPOT" override them per instance type.
+    on_demand_vcpu_hour: float = 0.0
+    spot_vcpu_hour: float = 0.0
+    instance_prices: List[str] = field(default_factory=list)
+    cognito_region: str = ""
+    cognito_user_pool_id: str = ""
+    cognito_client_id: str = ""
+    cognito_client_secret_file: str = ""
+    cognito_domain: str = ""  # hosted UI: a prefix, a host name or a URL
+    cognito_idp_endpoint: str = ""  # default https://cognito-idp.<region>.amazonaws.com
+
+
+def parse_instance_price(line: str) -> tuple:
+    """("m5.large", on_demand, spot) from "m5.large 0.048 0.019" (per vCPU-hour); ValueError if bad."""
+    parts = line.split()
+    if len(parts) != 3:
+        raise ValueError(f"{line!r} is not 'TYPE ON_DEMAND SPOT'")
+    on_demand, spot = float(parts[1]), float(parts[2])
+    if not (on_demand >= 0 and spot >= 0):
+        raise ValueError(f"{line!r}: prices must not be negative")
+    return parts[0], on_demand, spot
+
+
+@dataclass
 class LogSection:
     dir: str = "/var/log/mmbatch"
     level: str = "info"
+
+
+@dataclass
+class GpuSection:
+    """GPU jobs (mmbatch/gpu.py, docs/gpu.md): what CRIU's CUDA plugin needs."""
+
+    cuda_checkpoint: str = "cuda-checkpoint"  # NVIDIA's tool: a name on PATH or an absolute path
+    criu_plugin_dir: str = ""  # holds cuda_plugin.so; "" = /opt/criu4/usr/lib/criu, /usr/lib/criu, ...
+    nvidia_smi: str = "nvidia-smi"
+    lock_timeout: float = 30.0  # CRIU --timeout for GPU jobs: the plugin's lock waits this long for GPU work
+
+
+@dataclass
+class CloudwatchSection:
+    """Optional shipping of mmbatchd's log and the node's events to CloudWatch Logs (mmbatch/logs.py)."""
+
+    enabled: bool = False
+    log_group: str = "/mmbatch/nodes"
+    stream_prefix: str = ""  # "" = the instance id (or host name); streams <prefix>/mmbatchd and <prefix>/events
+    region: str = ""
+    endpoint_url: str = ""
+    queue_size: int = 10000  # events held while CloudWatch is slow; the oldest are dropped (and counted) beyond
+    batch_seconds: float = 5.0
 
 
 @dataclass
@@ -113,6 +175,9 @@ class Config:
     spot: SpotSection = field(default_factory=SpotSection)
     api: ApiSection = field(default_factory=ApiSection)
     log: LogSection = field(default_factory=LogSection)
+    cloudwatch: CloudwatchSection = field(default_factory=CloudwatchSection)
+    gpu: GpuSection = field(default_factory=GpuSection)
+    server: ServerSection = field(default_factory=ServerSection)
     path: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
@@ -128,6 +193,9 @@ _SECTIONS = {
     "spot": SpotSection,
     "api": ApiSection,
     "log": LogSection,
+    "cloudwatch": CloudwatchSection,
+    "gpu": GpuSection,
+    "server": ServerSection,
 }
 
 _DURATION_KEYS = {
@@ -137,6 +205,10 @@ _DURATION_KEYS = {
     ("spot", "grace_seconds"),
     ("spot", "kill_wait_seconds"),
     ("checkpoint", "retry_seconds"),
+    ("cloudwatch", "batch_seconds"),
+    ("gpu", "lock_timeout"),
+    ("server", "sync_interval"),
+    ("server", "session_lifetime"),
 }
 _SIZE_RE = re.compile(r"^\d+[KMG]?$")
 
@@ -307,6 +379,87 @@ def validate(cfg: Config) -> None:
         raise ConfigError("must be an absolute path", path=p, key="api.hook_socket")
     if cfg.log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError("must be debug, info, warning or error", path=p, key="log.level")
+    _validate_api_and_logs(cfg, p)
+    _validate_server(cfg.server, p)
+    g = cfg.gpu
+    if not 1 <= g.lock_timeout <= 3600:
+        raise ConfigError("must be between 1s and 1h", path=p, key="gpu.lock_timeout")
+    if g.criu_plugin_dir and not os.path.isabs(g.criu_plugin_dir):
+        raise ConfigError("must be an absolute path or empty", path=p, key="gpu.criu_plugin_dir")
+    for key in ("cuda_checkpoint", "nvidia_smi"):
+        if not getattr(g, key) or "\0" in getattr(g, key):
+            raise ConfigError("must name a program", path=p, key=f"gpu.{key}")
+
+
+def _validate_api_and_logs(cfg: Config, p: str) -> None:
+    a = cfg.api
+    if a.listen:
+        host, sep, port = a.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"must be HOST:PORT or empty, got {a.listen!r}", path=p, key="api.listen")
+    for key in ("token_file", "socket"):
+        value = getattr(a, key)
+        if value and not os.path.isabs(value):
+            raise ConfigError("must be an absolute path", path=p, key=f"api.{key}")
+    if not os.path.isabs(cfg.log.dir):
+        raise ConfigError("must be an absolute path", path=p, key="log.dir")
+    cw = cfg.cloudwatch
+    if cw.enabled and not cw.log_group:
+        raise ConfigError("must name a log group", path=p, key="cloudwatch.log_group")
+    if cw.queue_size < 100:
+        raise ConfigError("must be at least 100", path=p, key="cloudwatch.queue_size")
+    if not 0.1 <= cw.batch_seconds <= 300:
+        raise ConfigError("must be between 0.1s and 5m", path=p, key="cloudwatch.batch_seconds")
+
+
+RUNTIME_KEYS = ("mode", "interval")
+
+
+def apply_changes(cfg: Config, changes: Dict[str, Any], path: str = "<runtime change>") -> Config:
+    """A copy of `cfg` with `[checkpoint]` mode and interval changed, checked
+    by the same rules as the file (mmbatchd's PUT /api/v1/config). ConfigError
+    names the key."""
+    import copy
+
+    new = copy.deepcopy(cfg)
+    new.path = path
+    for key, value in changes.items():
+        if key not in RUNTIME_KEYS:
+            raise ConfigError("cannot be changed at run time", path=path, key=f"checkpoint.{key}",
+                              hint=f"only {', '.join(RUNTIME_KEYS)}; edit the file and restart for the rest")
+        default = getattr(CheckpointSection(), key)
+        setattr(new.checkpoint, key, _coerce("checkpoint", key, value, default, path))
+    validate(new)
+    new.path = cfg.path
+    return new
+
+
+def _validate_server(sv: ServerSection, p: str) -> None:
+    host, sep, port = sv.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"must be HOST:PORT, got {sv.listen!r}", path=p, key="server.listen")
+    if sv.public_url and not sv.public_url.startswith(("http://", "https://")):
+        raise ConfigError("must start with http:// or https://", path=p, key="server.public_url")
+    for key in ("admin_token_file", "cache_path", "cognito_client_secret_file"):
+        value = getattr(sv, key)
+        if value and not os.path.isabs(value):
+            raise ConfigError("must be an absolute path", path=p, key=f"server.{key}")
+    if sv.sync_interval < 1:
+        raise ConfigError("must be at least 1s", path=p, key="server.sync_interval")
+    if sv.session_lifetime < 60:
+        raise ConfigError("must be at least 1m", path=p, key="server.session_lifetime")
+    if sv.on_demand_vcpu_hour < 0 or sv.spot_vcpu_hour < 0:
+        raise ConfigError("prices must not be negative", path=p, key="server.on_demand_vcpu_hour")
+    for line in sv.instance_prices:
+        try:
+            parse_instance_price(line)
+        except ValueError as e:
+            raise ConfigError(str(e), path=p, key="server.instance_prices",
+                              hint='e.g. ["m5.large 0.048 0.019"]: per vCPU-hour, on-demand then Spot') from e
+    cognito = [sv.cognito_region, sv.cognito_user_pool_id, sv.cognito_client_id, sv.cognito_domain]
+    if any(cognito) and not all(cognito):
+        raise ConfigError("Cognito needs cognito_region, cognito_user_pool_id, cognito_client_id and "
+                          "cognito_domain together", path=p, key="server.cognito_user_pool_id")
 
 
 DEFAULT_TOML = """\
@@ -344,6 +497,6 @@ grace_seconds = 60           # jobs frozen for a notice resume this long after i
 kill_wait_seconds = 100      # stop signals wait this long for the final checkpoint
 
 [api]
-listen = "127.0.0.1:8080"
+listen = "127.0.0.1:8080"    # HTTP API, served only when token_file names the token (docs/api.md)
 token_file = ""
 """

@@ -33,6 +33,7 @@ finalizer could not run.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import queue
@@ -133,6 +134,14 @@ class Daemon:
         self._sock: Optional[socket.socket] = None
         self.hook_socket = hook_socket_path(cfg)
         self.finalize_delay = FINALIZE_DELAY
+        # The node API (mmbatch.api): metrics fed from results and events, and
+        # the mode/interval of the file, which PUT /api/v1/config may change.
+        from mmbatch.api.metrics import Metrics
+
+        self.metrics = Metrics()
+        self.file_checkpoint = (cfg.checkpoint.mode, cfg.checkpoint.interval)
+        self.api: Any = None
+        self.on_event: Optional[Callable[[Dict[str, Any]], None]] = None  # each new events.log line
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -323,7 +332,7 @@ class Daemon:
         if source == "reconcile":
             last = self._latest_checkpoint_time(st)
         c = ManagedContainer(cid, st, started, frozen=bool(st.get("frozen_by")), last_checkpoint_at=last)
-        if c.interval <= 0:
+        if c.interval <= 0 or c.interval == self.file_checkpoint[1]:  # the node's interval, maybe changed by the API
             c.state["job"]["interval"] = self.cfg.checkpoint.interval
         self.containers[cid] = c
         base = schedule_base(last, started)
@@ -384,6 +393,12 @@ class Daemon:
             self._on_rebalance(msg[1])
         elif kind == "final-done":
             self._on_final_done(*msg[1:])
+        elif kind == "call":  # from the API's threads: run in the loop, answer on the reply queue
+            _, fn, reply = msg
+            try:
+                reply.put((True, fn()))
+            except Exception as e:
+                reply.put((False, e))
         elif kind == "stop":
             self.stop_event.set()
 
@@ -471,6 +486,8 @@ class Daemon:
             if c is not None:
                 c.last_checkpoint_at = created
             nxt = self.scheduler.completed(cid, now, created, result.bytes_uploaded)
+            self.metrics.checkpoint_committed(reason, result.freeze_seconds, result.bytes_total,
+                                              result.bytes_uploaded)
             log.info("%s (job %s): %s checkpoint %s, frozen %.3fs, %d bytes new; next in %.0fs", cid[:12],
                      result.job_key, reason, result.checkpoint_id, result.freeze_seconds, result.bytes_uploaded,
                      (nxt or now) - now)
@@ -485,6 +502,7 @@ class Daemon:
             self._stopped(cid)
             return
         nxt = self.scheduler.failed(cid, now, str(error))
+        self.metrics.checkpoint_failed(reason)
         job = self.scheduler.get(cid)
         failures = job.failures if job else 0
         log.warning("%s (job %s): %s checkpoint failed (%s); retry %d in %.0fs", cid[:12], c.job_key, reason,
@@ -501,6 +519,7 @@ class Daemon:
         if self.interruption is not None:
             return
         now = self.clock()
+        self.metrics.rebalances.inc()
         n = sum(1 for c in self._active() if self.scheduler.request_now(c.container_id, now, "rebalance"))
         log.warning("rebalance recommendation (notice time %s): early checkpoint of %d jobs", notice.raw_time, n)
         self._emit("rebalance-recommendation", None, notice_time=notice.raw_time, jobs=n)
@@ -512,9 +531,14 @@ class Daemon:
                 return
             log.warning("a new interruption notice (%s %s) during one in progress", notice.action, notice.raw_time)
         deadline = notice.time + self.cfg.spot.grace_seconds
+        if self.cfg.checkpoint.mode == "none":  # checkpoints turned off at run time (PUT /api/v1/config)
+            log.warning("Spot interruption notice %s %s: checkpoint mode is none, no final checkpoints",
+                        notice.action, notice.raw_time)
+            return
         if now > deadline:
             log.info("ignoring interruption notice %s %s: its grace ran out", notice.action, notice.raw_time)
             return
+        self.metrics.interruptions.inc()
         self.interruption = {
             "action": notice.action, "time": notice.time, "time_text": notice.raw_time, "noticed_at": now,
             "deadline": deadline, "grace_seconds": self.cfg.spot.grace_seconds,
@@ -618,6 +642,8 @@ class Daemon:
                         time.sleep(0.5)
                         continue
                     status, ckid, taken_at = "committed", result.checkpoint_id, float(result.manifest.created_at)
+                    self.metrics.checkpoint_committed("spot-final", result.freeze_seconds, result.bytes_total,
+                                                      result.bytes_uploaded)
                     detail = f"frozen {result.freeze_seconds:.3f}s, {result.bytes_uploaded} bytes new"
                     break
             except Exception as e:  # the marker must be written whatever happens
@@ -655,6 +681,8 @@ class Daemon:
         cid = c.container_id
         c.final_status = status
         self._final_results[cid] = {"status": status, "seconds": seconds}
+        if status != "committed":
+            self.metrics.checkpoint_failed("spot-final")
         if status == "committed":
             c.last_checkpoint_at = taken_at
             log.warning("%s (job %s): final checkpoint %s committed (%.1fs after the notice); job stays frozen",
@@ -732,12 +760,44 @@ class Daemon:
         self.reconcile()  # during an interruption, every job without a final checkpoint gets one
         if spot and self.cfg.spot.enabled:
             self._thread(self._spot_watcher, name="spot")
+        self._start_api()
         log.info("mmbatchd: %d managed containers; hook socket %s; checkpoints %d at a time; final ones %d at "
                  "a time", len(self._active()), self.hook_socket, self.cfg.checkpoint.parallel, self.final_parallel)
 
+    def _start_api(self) -> None:
+        """The node API and the event-log follower that feeds restore metrics
+        (and CloudWatch). Neither may stop the daemon: errors are logged."""
+        from mmbatch.api.metrics import EventLogFollower
+        from mmbatch.api.node_view import DaemonView
+        from mmbatch.api.server import ApiServer
+
+        def active_jobs() -> List[Tuple[Dict[str, str], float]]:
+            try:
+                cs = list(self.containers.values())
+            except RuntimeError:  # changed while copied: the next scrape has it
+                return []
+            active = [c for c in cs if c.stopped_at is None]
+            return [({"state": "running"}, float(sum(1 for c in active if not c.frozen))),
+                    ({"state": "frozen"}, float(sum(1 for c in active if c.frozen)))]
+
+        self.metrics.add_gauge("mmbatch_managed_jobs", "Managed containers the daemon watches", active_jobs)
+
+        def on_event(ev: Dict[str, Any]) -> None:
+            self.metrics.observe_event(ev)
+            if self.on_event is not None:
+                self.on_event(ev)
+
+        follower = EventLogFollower(os.path.join(events.log_dir(), "events.log"), on_event)
+        self._thread(follower.run, self.stop_event, name="event-log")
+        try:
+            self.api = ApiServer.from_config(DaemonView(self), self.cfg).start()
+        except MmbatchError as e:
+            self.api = None
+            log.error("node API not served: %s", e)
+
     def step(self, max_wait: float = 1.0) -> None:
         now = self.clock()
-        for job in self.scheduler.due(now):
+        for job in (self.scheduler.due(now) if self.cfg.checkpoint.mode != "none" else []):
             c = self.containers.get(job.key)
             if c is None:
                 self.scheduler.remove(job.key)
@@ -793,6 +853,8 @@ class Daemon:
                     self.handle(msg)
                 except Exception as e:
                     log.warning("while stopping: %s", e)
+        if self.api is not None:
+            self.api.stop()
         if self._sock is not None:
             self._sock.close()
             try:
@@ -812,10 +874,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     except MmbatchError as e:
         print(f"mmbatchd: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=(args.log_level or cfg.log.level).upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    from mmbatch import logs
+
+    logs.setup_daemon_logging(cfg, args.log_level or cfg.log.level)
     os.environ.setdefault("MMBATCH_LOG_DIR", cfg.log.dir)
     daemon = Daemon(cfg)
+    shipping = None
+    try:
+        shipping = logs.start_cloudwatch(cfg, on_drop=lambda n: daemon.metrics.log_drops.inc(n))
+    except Exception as e:  # CloudWatch is optional: the daemon runs without it
+        log.error("CloudWatch Logs shipping is off: %s", e)
+    if shipping is not None:
+        shipper, prefix = shipping
+        daemon.on_event = lambda ev: shipper.submit(f"{prefix}/events", json.dumps(ev, sort_keys=True, default=str),
+                                                    float(ev.get("time") or time.time()))
 
     def on_signal(signum: int, _frame: Any) -> None:
         daemon.stop_event.set()
@@ -829,6 +901,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         log.error("%s", e)
         return 1
     daemon.run()
+    if shipping is not None:
+        shipping[0].stop(flush_timeout=5.0)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

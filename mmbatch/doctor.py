@@ -160,6 +160,32 @@ class Doctor:
             self.add("default runtime", WARN, f"{default}: ECS tasks will not go through mmbatch",
                      "install.sh --default-runtime (task definitions cannot name a runtime)")
 
+    def check_docker_engine(self, engine: Optional[object] = None) -> None:
+        """The running dockerd, not only its file: daemon.json may name mmbatch
+        while the engine was never reloaded. Skipped for a fixture host root."""
+        if engine is None:
+            if self.root != "/":
+                return
+            from mmbatch.engine import DockerEngine
+
+            engine = DockerEngine(self.cfg.runtime.docker_socket, timeout=5.0)
+        try:
+            info = engine.info()  # type: ignore[attr-defined]
+        except Exception as e:
+            self.add("docker engine", FAIL, f"{self.cfg.runtime.docker_socket}: {e}",
+                     "start dockerd (systemctl start docker)")
+            return
+        runtimes = sorted((info.get("Runtimes") or {}).keys())
+        default = info.get("DefaultRuntime") or "runc"
+        if "mmbatch" not in runtimes:
+            self.add("docker engine", FAIL, f"dockerd {info.get('ServerVersion', '?')} has runtimes "
+                     f"{', '.join(runtimes) or 'none'}, not mmbatch",
+                     "reload dockerd after install.sh (kill -HUP $(cat /var/run/docker.pid) or systemctl reload "
+                     "docker)")
+        else:
+            self.add("docker engine", PASS, f"dockerd {info.get('ServerVersion', '?')} knows runtime mmbatch "
+                     f"(default {default})")
+
     def check_ecs(self) -> None:
         path = self.path("/etc/ecs/ecs.config")
         if not os.path.exists(path):
@@ -242,6 +268,15 @@ class Doctor:
                  f"(dump {dump / 1e6:.0f} MB/s, store {store / 1e6:.0f} MB/s; dedup makes repeat uploads smaller)",
                  "" if gib >= 4 else "stage on tmpfs or a faster disk, or use a faster store")
 
+    def check_gpu(self) -> None:
+        """GPU nodes: driver new enough for CRIU's CUDA plugin, cuda-checkpoint,
+        the plugin, host RAM for the device memory (mmbatch/gpu.py)."""
+        from mmbatch.gpu import doctor_checks
+
+        for name, status, detail, fix in doctor_checks(self.cfg.gpu, self.cfg.runtime.delegate,
+                                                       _read(self.path("/proc/meminfo")), run=self.run):
+            self.add(name, status, detail, fix)
+
     def check_imds(self) -> None:
         endpoint = self.cfg.spot.imds_endpoint
         loopback = endpoint.startswith(("http://127.", "http://localhost", "http://[::1]"))
@@ -269,7 +304,9 @@ class Doctor:
         self.check_time_namespace(runc_version)
         self.check_criu()
         self.check_docker()
+        self.check_docker_engine()
         self.check_ecs()
+        self.check_gpu()
         if not quick:
             self.check_staging_speed()
         self.check_store(probe_mib=8 if quick else 64)

@@ -53,6 +53,10 @@ class DockerEngine:
             raise EngineError(f"docker API {method} {path}: HTTP {resp.status}: {body[:300]!r}")
         return json.loads(body) if body else None
 
+    def info(self) -> Dict[str, Any]:
+        """`GET /info`: the engine's runtimes, default runtime, versions."""
+        return self._request("GET", "/info") or {}
+
     def container_summary(self, container_id: str) -> Optional[Dict[str, Any]]:
         """The container-list entry of one container (lock-free, safe in create)."""
         filters = urllib.parse.quote(json.dumps({"id": [container_id]}))

@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from mmbatch import attempts, events, faults, oci, open_files, predump, rootfs_diff
+from mmbatch import attempts, events, faults, gpu, oci, open_files, predump, rootfs_diff
 from mmbatch.checkpointer import CRIU_DIR, ROOTFS_DIR, criu_version, keep_logs, node_info, open_repository
 from mmbatch.compat import check as compat_check
 from mmbatch.compat import node_compat
 from mmbatch.config import Config
 from mmbatch.errors import IncompatibleCheckpoint, MmbatchError, RestoreError
-from mmbatch.identity import JobSettings
+from mmbatch.identity import JobSettings, env_of
 from mmbatch.runc import Runc, identity_flags
 from mmbatch.staging import choose as choose_staging
 
@@ -67,7 +67,11 @@ def restore_on_create(req: CreateRequest) -> bool:
     if not candidates:
         shim_state.update(req.state_dir, cid, decision="cold", reason="no checkpoint")
         return False
-    current = node_compat(req.spec, req.image_id, criu_version(), "")
+    gpu_here: Optional[Dict[str, Any]] = None
+    gpu_setup, gpu_problem = None, ""
+    if any(m.compat.get("gpu") for m in candidates):  # nvidia-smi only when a checkpoint holds GPU state
+        gpu_here, gpu_setup, gpu_problem = gpu.node_setup(req.config.gpu)
+    current = node_compat(req.spec, req.image_id, criu_version(), "", gpu=gpu_here)
     if not req.image_id:
         current["image_id"] = ""
     for manifest in candidates:
@@ -77,12 +81,15 @@ def restore_on_create(req: CreateRequest) -> bool:
             _fallback(req, repo, ckid, f"skipped: failed to restore {failures} times")
             continue
         reason = compat_check(manifest.compat, current)
+        if manifest.compat.get("gpu") and gpu_setup is None and (gpu_here is None or not reason):
+            # no GPU found (or nvidia-smi failed), or CRIU lacks the plugin or cuda-checkpoint
+            reason = gpu_problem or reason or "CRIU cannot restore GPU state here"
         if reason:
             _fallback(req, repo, ckid, f"incompatible: {reason}")
             continue
         try:
             t0 = time.monotonic()
-            phases = _restore_one(req, repo, manifest)
+            phases = _restore_one(req, repo, manifest, gpu_setup if manifest.compat.get("gpu") else None)
         except MmbatchError as e:
             counts = not isinstance(e, IncompatibleCheckpoint)
             if counts:
@@ -113,6 +120,7 @@ def _record_attempt(repo, req: CreateRequest, restored_from: Optional[str]) -> N
     data.update({
         "container_id": req.container_id,
         "attempt": req.settings.attempt,
+        "job_queue": env_of(req.spec).get("AWS_BATCH_JQ_NAME", ""),  # for the management server
         "started_at": data.get("started_at") or time.time(),
         "node": node_info(),
         "restored_from": restored_from,
@@ -123,8 +131,10 @@ def _record_attempt(repo, req: CreateRequest, restored_from: Optional[str]) -> N
     repo.put_record("attempts", req.container_id, data)
 
 
-def _restore_one(req: CreateRequest, repo, manifest) -> Dict[str, float]:
-    """Restore one checkpoint; the seconds each phase took."""
+def _restore_one(req: CreateRequest, repo, manifest, gpu_setup: Optional[gpu.CriuGpuSetup] = None,
+                 ) -> Dict[str, float]:
+    """Restore one checkpoint; the seconds each phase took. A checkpoint with
+    GPU state restores through CRIU's CUDA plugin (`gpu_setup`)."""
     cid = req.container_id
     # The images and the restored process are in memory at once: tmpfs only if both fit.
     staging_root = choose_staging(req.config.checkpoint, 2 * manifest.total_size)
@@ -135,15 +145,16 @@ def _restore_one(req: CreateRequest, repo, manifest) -> Dict[str, float]:
     touched: Optional[List[str]] = None
     merged = oci.rootfs_path(req.spec, req.bundle)
     backup = os.path.join(staging, "rootfs-backup.tar")
-    runc = Runc(req.runtime, identity_flags(req.globals_), log_file=os.path.join(staging, "runc.log"))
+    runc = Runc(req.runtime, identity_flags(req.globals_), log_file=os.path.join(staging, "runc.log"),
+                env=gpu_setup.environment() if gpu_setup else None)
     try:
         out = os.path.join(staging, "out")
         t = time.monotonic()
         repo.fetch(manifest, out)  # verifies every chunk and file
         phases = {"fetch_seconds": time.monotonic() - t}
         faults.point("fetched")
-        truncations = open_files.plan_restore(manifest.open_files, req.spec)
         predump.relink(out, predump.parse_chain_label(manifest.labels.get(predump.LABEL, "")))
+        truncations = open_files.plan_restore(manifest.open_files, req.spec)
         t = time.monotonic()
         touched = rootfs_diff.apply(merged, os.path.join(out, ROOTFS_DIR), backup)
         open_files.truncate(truncations)
@@ -162,6 +173,8 @@ def _restore_one(req: CreateRequest, repo, manifest) -> Dict[str, float]:
         t = time.monotonic()
         runc.run(*args, cid, capture=False, stdin=None, timeout=req.config.checkpoint.restore_timeout)
         phases["runc_restore_seconds"] = time.monotonic() - t
+        if gpu_setup:
+            phases.update(gpu.log_stats(os.path.join(work, "restore.log")))
         status = (runc.state(cid) or {}).get("status")
         if status != "running":
             raise RestoreError(f"restored container is {status or 'gone'}, not running")

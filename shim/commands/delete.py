@@ -42,6 +42,29 @@ def _oom_kills(root: str, cid: str) -> int:
     return 0
 
 
+def _cpu_seconds(root: str, cid: str) -> Optional[float]:
+    """CPU time the container's cgroup used (cgroup v1 cpuacct.usage in ns, v2
+    cpu.stat usage_usec), read before runc removes the cgroup; None if unknown."""
+    from mmbatch.runc import read_runtime_state
+
+    paths = (read_runtime_state(root, cid) or {}).get("cgroup_paths") or {}
+    for key, name, scale in (("cpuacct", "cpuacct.usage", 1e-9), ("", "cpu.stat", 1e-6)):
+        if not paths.get(key):
+            continue
+        try:
+            with open(os.path.join(paths[key], name), encoding="ascii") as f:
+                text = f.read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            parts = line.split()
+            if name == "cpuacct.usage" and len(parts) == 1 and parts[0].isdigit():
+                return int(parts[0]) * scale
+            if len(parts) == 2 and parts[0] == "usage_usec" and parts[1].isdigit():
+                return int(parts[1]) * scale
+    return None
+
+
 def run(inv: Invocation, runtime: str, state_dir: str, problem: Optional[str]) -> int:
     cid = inv.container_id or ""
     try:
@@ -71,7 +94,8 @@ def _record_end(inv: Invocation, st: dict, cid: str) -> None:
     cfg = config.load()
     repo = open_repository(cfg, st["job"])
     record = repo.get_record("attempts", cid) or {"container_id": cid, "started_at": st.get("created_at")}
-    record.update({"end": end, "ended_at": time.time(), "signal": st.get("kill_signal"), "oom_kills": oom})
+    record.update({"end": end, "ended_at": time.time(), "signal": st.get("kill_signal"), "oom_kills": oom,
+                   "cpu_seconds": _cpu_seconds(inv.root, cid)})
     repo.put_record("attempts", cid, record)
     events.emit(events.make("attempt-end", st["job"].get("job_key"), cid, end=end), repo)
     _spawn_finalizer(cid, st)
