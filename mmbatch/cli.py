@@ -16,6 +16,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from mmbatch import config as config_mod
+from mmbatch import events
 from mmbatch.aws.cli import register as register_aws
 from mmbatch.errors import MmbatchError
 from mmbatch.server.cli import register as register_server
@@ -482,6 +483,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = config_mod.load(args.config)
+        events.configure(cfg.log.dir)
         return int(args.func(args, cfg) or 0)
     except MmbatchError as e:
         print(f"mmbatch: {e}", file=sys.stderr)

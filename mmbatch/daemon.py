@@ -877,7 +877,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from mmbatch import logs
 
     logs.setup_daemon_logging(cfg, args.log_level or cfg.log.level)
-    os.environ.setdefault("MMBATCH_LOG_DIR", cfg.log.dir)
+    events.configure(cfg.log.dir)
+    os.environ.setdefault("MMBATCH_LOG_DIR", cfg.log.dir)  # and for what it starts
     daemon = Daemon(cfg)
     shipping = None
     try:

@@ -15,10 +15,19 @@ import uuid
 from typing import Any, Dict, Optional
 
 DEFAULT_LOG_DIR = "/var/log/mmbatch"
+_configured_dir = ""
+
+
+def configure(directory: str) -> None:
+    """Use the node config's `log.dir`; every entry point that loads the
+    config calls this, so the runtime, the CLI and mmbatchd agree on where
+    events.log is. MMBATCH_LOG_DIR still wins (private test nodes)."""
+    global _configured_dir
+    _configured_dir = directory
 
 
 def log_dir() -> str:
-    return os.environ.get("MMBATCH_LOG_DIR") or DEFAULT_LOG_DIR
+    return os.environ.get("MMBATCH_LOG_DIR") or _configured_dir or DEFAULT_LOG_DIR
 
 
 def make(kind: str, job_key: Optional[str], container_id: Optional[str], **fields: Any) -> Dict[str, Any]:

@@ -59,7 +59,9 @@ def finalize(cid: str, st: Dict[str, Any], cfg: config.Config, engine: Optional[
 
 def main() -> int:
     payload = json.loads(sys.stdin.read())
-    finalize(payload["container_id"], payload["state"], config.load())
+    cfg = config.load()
+    events.configure(cfg.log.dir)
+    finalize(payload["container_id"], payload["state"], cfg)
     return 0
 
 

@@ -105,9 +105,11 @@ def prepare_managed(inv: Invocation, runtime: str, state_dir: str, cid: str, dec
         return None
 
     from mmbatch import config as config_mod
+    from mmbatch import events
     from mmbatch.identity import ECS_CONTAINER_NAME_LABEL, env_of, job_settings
 
     cfg = config_mod.load()
+    events.configure(cfg.log.dir)
     env = env_of(spec)
     image_id = ""
     container_name = ""

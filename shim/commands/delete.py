@@ -92,6 +92,7 @@ def _record_end(inv: Invocation, st: dict, cid: str) -> None:
     else:
         end = attempts.ENDED_EXITED
     cfg = config.load()
+    events.configure(cfg.log.dir)
     repo = open_repository(cfg, st["job"])
     record = repo.get_record("attempts", cid) or {"container_id": cid, "started_at": st.get("created_at")}
     record.update({"end": end, "ended_at": time.time(), "signal": st.get("kill_signal"), "oom_kills": oom,
