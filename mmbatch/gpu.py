@@ -58,6 +58,8 @@ COMPAT_KEYS = ("model", "count", "driver", "cuda", "memory_mib")
 _NVIDIA_DEVICE_RE = re.compile(r"^/dev/nvidia\d+$")
 # CRIU log lines: "(00.020701) cuda_plugin: pausing devices on pid 1801089"
 _LOG_LINE_RE = re.compile(r"^\((\d+)\.(\d+)\)\s?(.*)$")
+# resume_device() logs this between "resuming devices on pid" and its cuda-checkpoint calls.
+_RESTORE_TID_LINE = "cuda_plugin: Restore thread pid "
 
 
 class GpuError(MmbatchError):
@@ -347,7 +349,10 @@ def device_stats(log_text: str) -> Dict[str, float]:
     """Numbers about the CUDA plugin's work from a CRIU log at debug level
     (dump.log or restore.log): how many processes it handled and how long its
     cuda-checkpoint calls took, measured from the plugin's log line to the
-    next line. Empty when the plugin did nothing."""
+    next line. The plugin logs "resuming devices" before it looks up the
+    restore thread ("Restore thread pid T found", a debug line) and runs
+    `--action restore` and `unlock` only after that: the resume lasts until
+    the line after it. Empty when the plugin did nothing."""
     entries: List[Tuple[float, str]] = []
     for line in log_text.splitlines():
         m = _LOG_LINE_RE.match(line)
@@ -365,7 +370,10 @@ def device_stats(log_text: str) -> Dict[str, float]:
             continue
         for mark, key in marks.items():
             if mark in msg:
-                nxt = entries[i + 1][0] if i + 1 < len(entries) else t
+                j = i + 1
+                while j < len(entries) and _RESTORE_TID_LINE in entries[j][1]:
+                    j += 1
+                nxt = entries[j][0] if j < len(entries) else t
                 out[key] = round(out.get(key, 0.0) + max(0.0, nxt - t), 6)
                 m = re.search(r"pid (\d+)", msg)
                 if m and key != "gpu_resume_seconds":

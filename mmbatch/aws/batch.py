@@ -117,6 +117,11 @@ def register_job_definition(
     """batch RegisterJobDefinition: a container job with mmbatch's retryStrategy."""
     if not image:
         raise KitError("an image is needed", option="--image")
+    # botocore checks only that the values are strings; Batch refuses these when the job is registered.
+    if vcpus < 1:
+        raise KitError(f"{vcpus} is not a positive number of vCPUs", option="--vcpus")
+    if memory_mib < 4:
+        raise KitError(f"{memory_mib} MiB: Batch needs at least 4 MiB for a job on EC2", option="--memory")
     props: Dict[str, object] = {
         "image": image,
         "resourceRequirements": [{"type": "VCPU", "value": str(vcpus)},

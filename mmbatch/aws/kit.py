@@ -24,6 +24,8 @@ from mmbatch.aws.arns import S3Location, check_account, check_partition, check_r
 from mmbatch.aws.errors import KitError
 from mmbatch.aws.requests import ApiRequest
 
+WAIT_VALID_POLLS = 120  # apply.sh polls the compute environment's status every 5 s, for 10 minutes
+
 
 @dataclass
 class KitOptions:
@@ -108,13 +110,29 @@ def _apply_script(reqs: List[Tuple[str, ApiRequest]], opts: KitOptions) -> str:
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         f"export AWS_REGION={shlex.quote(opts.region)}",
+        "",
+        "# A job queue needs a VALID compute environment; the AWS CLI has no waiter for it. An INVALID",
+        "# one (a wrong role, subnet or launch template) stays INVALID: stop and say why.",
+        "wait_valid() {",
+        "  local status i",
+        f"  for i in $(seq 1 {WAIT_VALID_POLLS}); do",
+        "    status=$(aws batch describe-compute-environments --compute-environments \"$1\" \\",
+        "      --query 'computeEnvironments[0].[status,statusReason]' --output text)",
+        "    case \"$status\" in",
+        "      VALID*) return 0 ;;",
+        "      INVALID*) echo \"apply: compute environment $1 is INVALID:${status#INVALID}\" >&2; exit 1 ;;",
+        "    esac",
+        "    sleep 5",
+        "  done",
+        f"  echo \"apply: compute environment $1 is not VALID after {WAIT_VALID_POLLS * 5 // 60} minutes "
+        "(status: $status)\" >&2",
+        "  exit 1",
+        "}",
+        "",
     ]
     for file_name, req in reqs:
         if req.operation == "CreateJobQueue":
-            # A queue needs a VALID compute environment; the CLI has no waiter for it.
-            lines.append(f"until [ \"$(aws batch describe-compute-environments --compute-environments "
-                         f"{shlex.quote(names['compute_environment'])} --query "
-                         f"'computeEnvironments[0].status' --output text)\" = VALID ]; do sleep 5; done")
+            lines.append(f"wait_valid {shlex.quote(names['compute_environment'])}")
         lines.append(req.cli_command(file_name) + " >/dev/null")
         lines.append(f"echo 'done: {req.service} {req.operation}'")
     lines.append("")

@@ -56,7 +56,7 @@ from typing import Dict, List
 
 from mmbatch import __version__
 from mmbatch.aws import node_settings
-from mmbatch.aws.arns import S3Location, check_account, check_region, split_s3_object_url
+from mmbatch.aws.arns import S3Location, check_account, check_kms_key_arn, check_region, split_s3_object_url
 from mmbatch.aws.errors import KitError
 from mmbatch.errors import MmbatchError
 
@@ -72,6 +72,9 @@ MARGIN_SECONDS = 20.0
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _HTTPS_RE = re.compile(r"^https://[^\s'\"]+$")
+# A newline in a value would end its line in the script and, at the start of a
+# line, could open a MIME part of its own (`--BOUNDARY`): refused in every value.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -105,6 +108,17 @@ class UserDataOptions:
     def validate(self) -> UserDataOptions:
         from mmbatch.install.node_config import render
 
+        for option, value in (("--store", self.store), ("--source", self.source), ("--mode", self.mode),
+                              ("--gpu", self.gpu), ("--source-sha256", self.source_sha256),
+                              ("--region", self.region), ("--sse", self.sse), ("--kms-key-arn", self.kms_key_id),
+                              ("--account", self.expected_bucket_owner), ("--stop-timeout", self.stop_timeout),
+                              ("--start-timeout", self.start_timeout)):
+            if _CONTROL_RE.search(value):
+                raise KitError(f"{value!r} contains a control character (a newline?)", option=option)
+        if self.region:  # also when unused (a file store, an https source): it is in the script
+            check_region(self.region)
+        if self.kms_key_id:  # the bucket policy and the IAM policy match the key by its ARN
+            check_kms_key_arn(self.kms_key_id)
         if self.gpu not in ("auto", "yes", "no"):
             raise KitError(f"{self.gpu!r} is not auto, yes or no", option="--gpu")
         try:
@@ -281,6 +295,9 @@ def render_script(opts: UserDataOptions) -> str:
         text.encode("ascii")
     except UnicodeEncodeError:
         raise KitError("user data must be ASCII (a value has other characters)") from None
+    if any(line.startswith("--" + BOUNDARY) for line in text.splitlines()):
+        # validate() refuses newlines in values; this is what a miss would let through
+        raise KitError("a value would end the user data's MIME part early")
     return text
 
 

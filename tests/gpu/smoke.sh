@@ -43,7 +43,8 @@ say "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 "$MMBATCH" doctor --quick > /tmp/gpu-smoke-doctor.$$ 2>&1 || true
 grep -E '^\[(PASS|WARN|FAIL)\] *(gpu|gpu driver|cuda-checkpoint|criu cuda plugin|gpu memory|gpu delegate) ' \
   /tmp/gpu-smoke-doctor.$$ || true
-if grep -qE '^\[FAIL\] *(gpu|gpu driver|cuda-checkpoint|criu cuda plugin) ' /tmp/gpu-smoke-doctor.$$; then
+# Two spaces end a check's name in doctor's output: "gpu" must not also match "gpu memory".
+if grep -qE '^\[FAIL\] (gpu|gpu driver|cuda-checkpoint|criu cuda plugin)  ' /tmp/gpu-smoke-doctor.$$; then
   rm -f /tmp/gpu-smoke-doctor.$$
   fail "the node is not ready for GPU checkpoints (see mmbatch doctor)"
 fi

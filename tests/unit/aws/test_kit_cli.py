@@ -92,3 +92,43 @@ def test_kit_options_names():
     o = kit.KitOptions(store="s3://b-1/p", source="s3://b-1/s.tgz", region="us-east-1", account="111122223333",
                        subnets=["s"], security_groups=["g"], instance_role="r", name="team-a")
     assert o.names()["job_queue"] == "team-a-spot"
+
+
+# The AWS CLI as apply.sh uses it: each call logged; describe-compute-environments with
+# `--query 'computeEnvironments[0].[status,statusReason]' --output text` prints "STATUS<TAB>REASON".
+FAKE_AWS = """#!/bin/sh
+echo "$*" >> "$FAKE_AWS_LOG"
+case "$1 $2" in
+  "batch describe-compute-environments") printf '%s\\t%s\\n' "$FAKE_CE_STATUS" "$FAKE_CE_REASON" ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize("status,reason,rc", [
+    ("VALID", "ComputeEnvironment Healthy", 0),
+    ("INVALID", "CLIENT_ERROR - instance profile ecsInstanceRole does not exist", 1),
+])
+def test_apply_script_waits_for_a_valid_compute_environment(tmp_path, status, reason, rc):
+    opts = kit.KitOptions(store="s3://b-1/p", source="s3://b-1/s.tgz", region="us-east-1", account="111122223333",
+                          subnets=["subnet-1"], security_groups=["sg-1"], instance_role="ecsInstanceRole")
+    out_dir = tmp_path / "kit"
+    kit.write(opts, str(out_dir))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text(FAKE_AWS)
+    (bin_dir / "aws").chmod(0o755)
+    log = tmp_path / "aws.log"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_AWS_LOG=str(log),
+               FAKE_CE_STATUS=status, FAKE_CE_REASON=reason)
+    proc = subprocess.run(["bash", str(out_dir / "apply.sh")], env=env, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == rc, proc.stderr
+    calls = [line.split()[:2] for line in log.read_text().splitlines()]
+    assert calls.index(["batch", "create-compute-environment"]) < calls.index(
+        ["batch", "describe-compute-environments"])
+    if rc == 0:
+        assert calls[-2:] == [["batch", "create-job-queue"], ["batch", "register-job-definition"]]
+    else:
+        assert ["batch", "create-job-queue"] not in calls, "no queue on an INVALID compute environment"
+        assert "mmbatch-spot is INVALID" in proc.stderr and "does not exist" in proc.stderr

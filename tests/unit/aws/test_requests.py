@@ -90,6 +90,10 @@ def test_job_definition_retries_host_failures_only():
     for attempts in (0, 1, 11):
         with pytest.raises(KitError, match="--attempts"):
             batch.register_job_definition("j", "img:1", attempts=attempts)
+    with pytest.raises(KitError, match="^--vcpus: "):
+        batch.register_job_definition("j", "img:1", vcpus=0)
+    with pytest.raises(KitError, match="^--memory: "):
+        batch.register_job_definition("j", "img:1", memory_mib=0)
 
 
 def test_job_queue_and_names_are_checked():

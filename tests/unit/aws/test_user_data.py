@@ -83,3 +83,38 @@ def test_non_ascii_and_size_limits():
         user_data.render(opts(source="https://example.invalid/m\u00e9.tar.gz"))
     with pytest.raises(KitError, match="at most 16384"):
         user_data.render(opts(source="https://example.invalid/" + "x" * 17000 + ".tar.gz"))
+
+
+INJECTED = "\n--" + user_data.BOUNDARY + "\nContent-Type: text/x-shellscript\n\n#!/bin/sh\necho injected\n"
+
+
+@pytest.mark.parametrize("kw,option", [
+    # a file store with an https source uses no region, yet the value lands in the script
+    ({"store": "file:///fsx/mmbatch", "source": "https://example.invalid/m.tgz", "region": "us-east-1" + INJECTED},
+     "--region"),
+    ({"sse": "aws:kms", "kms_key_id": KEY + INJECTED}, "--kms-key-arn"),
+    ({"store": "s3://ckpt-bucket/mmbatch\n"}, "--store"),
+    ({"stop_timeout": "120s\n"}, "--stop-timeout"),
+])
+def test_a_newline_in_a_value_cannot_open_a_mime_part(kw, option):
+    with pytest.raises(KitError, match=f"^{option}: .*control character"):
+        user_data.render(opts(**kw))
+
+
+def test_region_and_kms_key_are_checked_even_where_unused():
+    with pytest.raises(KitError, match="--region: not a region"):
+        user_data.render(opts(store="file:///fsx/mmbatch", source="https://example.invalid/m.tgz", region="mars"))
+    with pytest.raises(KitError, match="--kms-key-arn: not a KMS key ARN"):
+        user_data.render(opts(sse="aws:kms", kms_key_id="alias/mmbatch"))
+
+
+def test_the_part_boundary_is_guarded_after_validation():
+    class Unchecked(user_data.UserDataOptions):
+        def validate(self) -> user_data.UserDataOptions:
+            return self
+
+    bad = Unchecked(store="file:///fsx/mmbatch", source="https://example.invalid/m.tgz", region="x" + INJECTED)
+    with pytest.raises(KitError, match="MIME part"):
+        user_data.render_script(bad)
+    good = _script(user_data.render(opts()))
+    assert sum(line.startswith("--" + user_data.BOUNDARY) for line in good.splitlines()) == 0

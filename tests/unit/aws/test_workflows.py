@@ -28,7 +28,24 @@ def test_nextflow_sets_max_spot_attempts_above_zero_and_says_why():
     assert _balanced(text)
     with pytest.raises(KitError, match="no checkpoint can serve"):
         workflows.nextflow_config("q", "us-east-1", 0)
-    assert "queue = 'it\\'s'" in workflows.nextflow_config("it's", "us-east-1")
+    arn = "arn:aws:batch:us-east-1:111122223333:job-queue/mmbatch-spot"
+    assert f"queue = '{arn}'" in workflows.nextflow_config(arn, "us-east-1")
+
+
+@pytest.mark.parametrize("call,option", [
+    (lambda: workflows.nextflow_config("it's", "us-east-1"), "--queue"),
+    (lambda: workflows.nextflow_config("q\n}\nprocess.executor = 'local'", "us-east-1"), "--queue"),
+    (lambda: workflows.nextflow_config("q", "us-east-1'\nx"), "--region"),
+    (lambda: workflows.nextflow_config("q", "us-east-1", work_dir="/local/work"), "--work-dir"),
+    (lambda: workflows.cromwell_config("mmbatch-spot", "us-east-1", "s3://b-1/c"), "--queue-arn"),
+    (lambda: workflows.cromwell_config("arn:aws:batch:us-east-1:111122223333:job-queue/q", "moon", "s3://b-1/c"),
+     "--region"),
+    (lambda: workflows.cromwell_config("arn:aws:batch:us-east-1:111122223333:job-queue/q", "us-east-1",
+                                       's3://b-1/c"\n}'), "--root"),
+])
+def test_values_that_would_break_the_config_are_refused(call, option):
+    with pytest.raises(KitError, match=f"^{option}: "):
+        call()
 
 
 def test_cromwell_uses_batch_retries():
@@ -37,7 +54,7 @@ def test_cromwell_uses_batch_retries():
     assert f'queueArn = "{arn}"' in text
     assert re.search(r"^\s*awsBatchRetryAttempts = 4$", text, re.M)
     assert _balanced(text)
-    with pytest.raises(KitError, match="--cromwell-root"):
+    with pytest.raises(KitError, match="--root"):
         workflows.cromwell_config(arn, "us-east-1", "/local")
     with pytest.raises(KitError):
         workflows.cromwell_config(arn, "us-east-1", "s3://b/c", 11)

@@ -153,7 +153,7 @@ def test_node_setup_for_restores(gpu_node, tmp_path, node_kw, plugin, problem):
 def test_device_stats_from_a_criu_log():
     stats = gpu.device_stats(DUMP_LOG)
     assert stats == {"gpu_lock_seconds": 0.144826, "gpu_checkpoint_seconds": 0.172798,
-                     "gpu_resume_seconds": 0.000024, "gpu_processes": 1}
+                     "gpu_resume_seconds": 0.231965, "gpu_processes": 1}
     assert gpu.device_stats("(00.1) Dumping task 1\n") == {}
     assert gpu.log_stats("/nonexistent/dump.log") == {}
 

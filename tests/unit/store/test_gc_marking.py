@@ -118,3 +118,38 @@ def test_a_key_put_again_loses_the_mark(store, backend_name):
     store.put_bytes(key, b"chunk")
     assert _tags(store, key) == {}
     assert store.get_bytes(key) == b"chunk"
+
+
+def _stubbed_store():
+    """An S3ObjectStore whose client answers from botocore's Stubber (request params
+    are checked against the S3 model; nothing is sent). One tagging at a time, so
+    the order of answers is the order of keys."""
+    import boto3
+    from botocore.stub import Stubber
+
+    from mmbatch.config import StoreSection
+    from mmbatch.store.s3 import S3ObjectStore
+
+    session = boto3.Session(aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
+                            region_name="us-east-1")
+    store = S3ObjectStore("s3://ckpt-bucket/pfx", StoreSection(region="us-east-1", parallel=1), session=session)
+    return store, Stubber(store.client)
+
+
+def _tagging(key: str) -> dict:
+    return {"Bucket": "ckpt-bucket", "Key": f"pfx/{key}",
+            "Tagging": {"TagSet": [{"Key": GARBAGE_TAG_KEY, "Value": GARBAGE_TAG_VALUE}]}}
+
+
+def test_a_role_without_tagging_is_told_once_and_gc_goes_on(caplog):
+    store, stub = _stubbed_store()
+    keys = [f"jobs/{JOB}/chunks/{i:02x}/{i:064x}" for i in range(4)]
+    stub.add_response("put_object_tagging", {}, _tagging(keys[0]))
+    stub.add_client_error("put_object_tagging", "NoSuchKey", http_status_code=404, expected_params=_tagging(keys[1]))
+    stub.add_client_error("put_object_tagging", "AccessDenied", http_status_code=403,
+                          expected_params=_tagging(keys[2]))
+    with stub, caplog.at_level("WARNING"):
+        assert store.mark_garbage(keys) == 1, "tagged, gone (skipped), refused, then no more requests"
+        stub.assert_no_pending_responses()
+    refusals = [r for r in caplog.records if "s3:PutObjectTagging" in r.getMessage()]
+    assert len(refusals) == 1 and "AccessDenied" in refusals[0].getMessage()
