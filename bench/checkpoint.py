@@ -33,7 +33,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import machine, save  # noqa: E402
+from bench.common import machine, median_ratio, median_ratio_or_none, positive_int, save  # noqa: E402
 from mmbatch import config as config_mod  # noqa: E402
 from mmbatch.checkpointer import checkpoint_container  # noqa: E402
 from tests.lib.docker import ensure_python  # noqa: E402
@@ -257,18 +257,25 @@ def med(rows, key):
     return statistics.median(r[key] for r in rows)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="256,1024,4096")
-    ap.add_argument("--rootfs-mib", type=int, default=500)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--staging", default="")
+def parser() -> argparse.ArgumentParser:
+    """The command line (tests check bench/run's plans against it)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="256,1024,4096", help="RSS sizes (MiB) for the checkpoint comparison")
+    ap.add_argument("--rootfs-mib", type=int, default=500,
+                    help="also a 64 MiB job that wrote this many MiB to its rootfs (0: none)")
+    ap.add_argument("--runs", type=positive_int, default=3, help="alternated runs per size")
+    ap.add_argument("--staging", default="", help="where both sides dump (default: [checkpoint] staging_dir)")
     ap.add_argument("--tmpfs", action="store_true", help="also measure with staging on a tmpfs")
     ap.add_argument("--restore-sizes", default="256,1024",
-                    help="RSS sizes for the restore comparison (needs dockerd --experimental); '' skips it")
+                    help="RSS sizes for the restore comparison; '' skips it")
     ap.add_argument("--fill", choices=("rotated", "random"), default="rotated",
                     help="job memory: 7 rotations of one random MiB (fast to make; compresses and dedups) "
                          "or all random (incompressible)")
+    return ap
+
+
+def main(argv=None):
+    ap = parser()
     args = ap.parse_args(argv)
     cfg = config_mod.load()
     image = ensure_python()
@@ -292,7 +299,11 @@ def main(argv=None):
                     "mmbatch_wall": med(rows["mmbatch"], "wall"), "runc_wall": med(rows["runc"], "wall"),
                     "runs": rows,
                 }
-                res["freeze_ratio"] = res["mmbatch_freeze"] / res["runc_freeze"] if res["runc_freeze"] else None
+                # Medians of the pairwise ratios, as the report computes them (None: no runc freeze was seen).
+                res["freeze_ratio"] = median_ratio_or_none([x["freeze"] for x in rows["mmbatch"]],
+                                                           [x["freeze"] for x in rows["runc"]])
+                res["wall_ratio"] = median_ratio([x["wall"] for x in rows["mmbatch"]],
+                                                 [x["wall"] for x in rows["runc"]])
                 results.append(res)
                 print(json.dumps({k: v for k, v in res.items() if k != "runs"}), flush=True)
     finally:
@@ -301,9 +312,9 @@ def main(argv=None):
     restores = []
     for mib in [int(x) for x in args.restore_sizes.split(",") if x]:
         rows = bench_restore(image, cfg, mib, args.runs, stagings[0][1], args.fill)
-        ratios = sorted(a["restore"] / b["restore"] for a, b in zip(rows["mmbatch"], rows["runc"]))
         r = {"rss_mib": mib, "mmbatch_restore": med(rows["mmbatch"], "restore"),
-             "runc_restore": med(rows["runc"], "restore"), "ratio": ratios[len(ratios) // 2],
+             "runc_restore": med(rows["runc"], "restore"),
+             "ratio": median_ratio([x["restore"] for x in rows["mmbatch"]], [x["restore"] for x in rows["runc"]]),
              "docker_run": med(rows["mmbatch"], "docker_run"), "runs": rows}
         restores.append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "runs"}), flush=True)

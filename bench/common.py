@@ -11,6 +11,7 @@ tells results of this run from stale ones), `saved_at` and
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 RESULTS = os.environ.get("MMBATCH_BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                                    "results")
@@ -50,6 +51,25 @@ def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     if not ratios:
         raise ValueError("no pairs with a non-zero baseline")
     return statistics.median(ratios)
+
+
+def median_ratio_or_none(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+    """`median_ratio`, or None when no pair has a non-zero baseline (a freeze too short to see)."""
+    try:
+        return median_ratio(a, b)
+    except ValueError:
+        return None
+
+
+def positive_int(text: str) -> int:
+    """argparse type for --runs, --rounds, --pairs...: a median needs at least one run."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
 
 
 def run_quiet(argv: Sequence[str], timeout: float = 120) -> float:

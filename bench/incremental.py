@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import MiB, machine, parse_bytes, save  # noqa: E402
+from bench.common import MiB, machine, parse_bytes, positive_int, save  # noqa: E402
 from mmbatch import config as config_mod  # noqa: E402
 from mmbatch.checkpointer import checkpoint_container  # noqa: E402
 from tests.lib import s3server  # noqa: E402
@@ -98,6 +98,8 @@ def summarize(rounds: List[Dict], fractions: List[float]) -> List[Dict]:
     out = []
     for pct in fractions:
         rows = [(r["full"], s) for r in rounds for s in r["steps"] if s["pct"] == pct]
+        if not rows:
+            raise ValueError(f"no round measured the {pct:g}% step")
         server = [s["server_bytes"] / f["server_bytes"] for f, s in rows]
         uploaded = [s["bytes_uploaded"] / f["bytes_uploaded"] for f, s in rows]
         res = {
@@ -163,13 +165,19 @@ class Round:
             sh("docker", "rm", "-f", self.name, check=False)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (tests check bench/run's plans against it)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mib", type=int, default=1024, help="the job's buffer, MiB")
     ap.add_argument("--fractions", default="1,10,50", help="percent of the buffer rewritten before each checkpoint")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=positive_int, default=3, help="rounds, each with a new job")
     ap.add_argument("--chunk-size", type=parse_bytes, default=None,
                     help="store.chunk_size (default: the node config's)")
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     fractions = [float(x) for x in args.fractions.split(",") if x]
     if args.mib < 2 or not fractions or any(not 0 < p <= 100 for p in fractions):

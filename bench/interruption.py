@@ -27,7 +27,7 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import machine, save  # noqa: E402
+from bench.common import machine, positive_int, save  # noqa: E402
 from mmbatch.imds_fake import FakeImds  # noqa: E402
 from tests.integration.daemon import daemon_jobs as jobs  # noqa: E402
 from tests.integration.daemon.node import Node  # noqa: E402
@@ -79,12 +79,18 @@ def one_run(n: int, mib: int, image: str, store: str, server, bucket: str) -> di
         shutil.rmtree(store_dir, ignore_errors=True)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--counts", default="1,5,10")
-    ap.add_argument("--mib", type=int, default=512)
+def parser() -> argparse.ArgumentParser:
+    """The command line (tests check bench/run's plans against it)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--counts", default="1,5,10", help="jobs on the node, one run (or --repeat) per count")
+    ap.add_argument("--mib", type=int, default=512, help="each job's memory, MiB")
     ap.add_argument("--store", choices=("s3", "file"), default="s3")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per count; the median is reported")
+    ap.add_argument("--repeat", type=positive_int, default=1, help="runs per count; the median is reported")
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     image = ensure_python()
     server = bucket = None
@@ -95,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         for n in [int(x) for x in args.counts.split(",") if x]:
             runs = []
-            for _ in range(max(1, args.repeat)):
+            for _ in range(args.repeat):
                 runs.append(one_run(n, args.mib, image, args.store, server, bucket))
                 print(json.dumps(runs[-1]), flush=True)
             r = dict(runs[0], seconds=statistics.median(x["seconds"] for x in runs),

@@ -23,7 +23,7 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import alternate, machine, run_quiet, save, summary  # noqa: E402
+from bench.common import alternate, machine, median_ratio, positive_int, run_quiet, save, summary  # noqa: E402
 from mmbatch.demo import ensure_image  # noqa: E402
 
 DOCKER_ROOT = "/var/run/docker/runtime-runc/moby"
@@ -42,10 +42,16 @@ def interpreter_of(script: str) -> str:
     return first[2:].split()[0]
 
 
+def parser() -> argparse.ArgumentParser:
+    """The command line (tests check bench/run's plans against it)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pairs", type=positive_int, default=20, help="alternated docker run pairs")
+    ap.add_argument("--calls", type=positive_int, default=60, help="alternated runtime state calls")
+    return ap
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--pairs", type=int, default=20)
-    ap.add_argument("--calls", type=int, default=60)
+    ap = parser()
     args = ap.parse_args(argv)
     image = ensure_image()
     runtime_path = registered_path()
@@ -76,8 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     d = {k: summary(v) for k, v in docker.items()}
     c = {k: summary(v) for k, v in calls.items()}
-    ratios = sorted(a / b for a, b in zip(docker["mmbatch"], docker["runc"]))
-    ratio = ratios[len(ratios) // 2]
+    ratio = median_ratio(docker["mmbatch"], docker["runc"])
     overhead = c["mmbatch"]["median"] - c["runc"]["median"]
     result = {
         "machine": machine(),

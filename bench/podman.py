@@ -40,7 +40,7 @@ from typing import Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.checkpoint import JOB, _bare_bundle, _runc_restore, gaps_in, wait_ready  # noqa: E402
-from bench.common import machine, median_ratio, save  # noqa: E402
+from bench.common import machine, median_ratio, median_ratio_or_none, positive_int, save  # noqa: E402
 from mmbatch import config as config_mod  # noqa: E402
 from tests.lib.docker import ensure_python  # noqa: E402
 
@@ -277,8 +277,8 @@ def measure(args: argparse.Namespace, data: Dict) -> None:
         rows = bench_checkpoint(image, mib, args.runs, staging, args.compress, args.fill)
         r = {"rss_mib": mib, "podman_freeze": med(rows["podman"], "freeze"), "runc_freeze": med(rows["runc"], "freeze"),
              "podman_wall": med(rows["podman"], "wall"), "runc_wall": med(rows["runc"], "wall"),
-             "freeze_ratio": median_ratio([x["freeze"] for x in rows["podman"]], [x["freeze"] for x in rows["runc"]])
-             if all(x["freeze"] for x in rows["runc"]) else None,
+             "freeze_ratio": median_ratio_or_none([x["freeze"] for x in rows["podman"]],
+                                                  [x["freeze"] for x in rows["runc"]]),
              "wall_ratio": median_ratio([x["wall"] for x in rows["podman"]], [x["wall"] for x in rows["runc"]]),
              "export_bytes": med(rows["podman"], "export_bytes"), "runs": rows}
         frozen = [x["stats"].get("criu_statistics", {}).get("frozen_time") for x in rows["podman"]]
@@ -296,16 +296,22 @@ def measure(args: argparse.Namespace, data: Dict) -> None:
         print(json.dumps({k: v for k, v in r.items() if k != "runs"}), flush=True)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (tests check bench/run's plans against it)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="256,1024,4096", help="RSS sizes (MiB) for the checkpoint comparison")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=positive_int, default=3, help="alternated runs per size")
     ap.add_argument("--restore-sizes", default="256,1024", help="RSS sizes for the restore comparison; '' skips it")
     ap.add_argument("--compress", choices=("zstd", "gzip", "none"), default="zstd",
                     help="podman checkpoint --compress (podman's default: zstd)")
     ap.add_argument("--fill", choices=("rotated", "random"), default="rotated",
                     help="job memory, as bench/checkpoint.py --fill")
     ap.add_argument("--staging", default="", help="where both sides write (default: [checkpoint] staging_dir)")
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
 
     data: Dict = {"machine": machine(), "compress": args.compress, "fill": args.fill, "run_flags": RUN_FLAGS}

@@ -35,6 +35,7 @@ FIGURES = "figures"  # beside report.md
 MiB = 1024 * 1024
 
 ORDER = ("passthrough", "checkpoint", "podman", "incremental", "s3_throughput", "interruption")
+FIGURE_NAMES = ("passthrough", "checkpoint", "restore", "incremental", "s3_throughput", "interruption")
 
 
 @dataclass
@@ -123,6 +124,11 @@ class Figures:
             self.error = f"no figures: matplotlib is missing ({e}); /opt/mmbatch/bin/pip install matplotlib"
         if self.plt is not None:
             os.makedirs(directory, exist_ok=True)
+            for name in FIGURE_NAMES:  # a figure this run does not draw must not linger from an earlier one
+                try:
+                    os.unlink(os.path.join(directory, f"{name}.png"))
+                except FileNotFoundError:
+                    pass
 
     def ratio_plot(self, name: str, title: str, panels: Sequence[Tuple[Any, ...]],
                    ylabel: str = "ratio to baseline (1.0 = baseline)") -> str:
@@ -147,10 +153,9 @@ class Figures:
                 xs = [i + (k - (n - 1) / 2) * width for i in range(len(values))]
                 ys = [v if isinstance(v, (int, float)) else 0.0 for v in values]
                 bars = ax.bar(xs, ys, width=width * 0.95, label=label)
-                for b, v in zip(bars, values):
-                    if isinstance(v, (int, float)):
-                        ax.annotate(fmt_ratio(v), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
-                                    va="bottom", fontsize=7)
+                for b, v in zip(bars, values):  # a missing value is an empty bar labelled n/a, never a ratio
+                    ax.annotate(fmt_ratio(v), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                                va="bottom", fontsize=7)
             ax.axhline(1.0, color="black", linewidth=0.8)
             if goal is not None:
                 ax.axhline(goal, color="red", linestyle="--", linewidth=0.8, label=f"goal {goal:g}")
@@ -209,8 +214,9 @@ def passthrough(d: Dict, figs: Figures) -> Section:
          f"{sc['mmbatch']['median'] * 1000:.2f}", fmt_ratio(state_ratio),
          f"interpreter floor `python -I -S -c pass`: {d['floor_ms']:.2f} ms"],
     ]))
-    s.add("", f"Per-call overhead {d['per_call_overhead_ms']:.2f} ms, of which the Python interpreter's own start "
-              f"is {d['floor_ms']:.2f} ms (overhead minus floor: {d['overhead_minus_floor_ms']:.2f} ms).")
+    s.add("", f"Per-call overhead (mmbatch median minus runc median) {d['per_call_overhead_ms']:.2f} ms; the Python "
+              f"interpreter's own start, the floor any Python runtime pays, {d['floor_ms']:.2f} ms; overhead minus "
+              f"floor {d['overhead_minus_floor_ms']:.2f} ms (below 0: within the noise of the medians).")
     s.add("", figs.ratio_plot("passthrough", "Passthrough: mmbatch / runc", [
         ("docker run --rm true", ["docker run"], {"mmbatch / runc": [d["docker_run_ratio_median"]]}, 1.10),
         ("runtime state call", ["state"], {"mmbatch / runc": [state_ratio],
@@ -386,12 +392,15 @@ def s3_throughput(d: Dict, figs: Figures) -> Section:
 
 def interruption(d: Dict, s3: Optional[Dict], figs: Figures) -> Section:
     s = Section("Spot interruption fan-out")
-    rate = s3["median_mib_per_s"]["boto3"]["upload"] if s3 else None
+    # The baseline must come from the same run (a stale S3 result measured another machine state).
+    rate = s3["median_mib_per_s"]["boto3"]["upload"] if s3 and s3.get("run_id") == d.get("run_id") else None
     s.add("Time from the interruption notice (fake IMDS) to the last final checkpoint committed, for N jobs "
           f"of {d['results'][0]['mib'] if d['results'] else '?'} MiB each on a private node (its own dockerd and "
           f"mmbatchd), store {'SeaweedFS S3 on 127.0.0.1' if d.get('store') == 's3' else d.get('store')}. "
           "Baseline: the time plain boto3 needs just to upload the same bytes at the rate the S3 bench measured "
-          "in this run" + (f" ({rate:.0f} MiB/s)" if rate else " (not measured in this run: no ratio)") + ".", "")
+          "in this run" + (f" ({rate:.0f} MiB/s)" if rate else " (not measured in this run: no ratio)") + ".",
+          "A single run per count is no median: `--repeat N` takes the median of N runs, each on a fresh node."
+          if all(len(r.get("samples", [])) <= 1 for r in d["results"]) else "", "")
     rows, ratios, labels = [], [], []
     for r in d["results"]:
         base = r["containers"] * r["mib"] / rate if rate else None
@@ -433,18 +442,26 @@ def machine_section(results: Dict[str, Dict], run: Dict) -> List[str]:
     return table(["", ""], rows)
 
 
+def stale_results(results: Dict[str, Dict], run: Dict) -> List[str]:
+    """Benches whose result is not from run.json's run (an earlier run, or a bench run by hand)."""
+    return [n for n, d in results.items() if run.get("run_id") and d.get("run_id") != run.get("run_id")]
+
+
 def run_section(run: Dict, results: Dict[str, Dict]) -> List[str]:
     out: List[str] = []
     if run.get("benches"):
         rows = []
         for b in run["benches"]:
-            rows.append([b["name"], b["status"], f"{b.get('seconds', 0):.0f}", "`" + " ".join(b.get("argv", [])) + "`"])
+            status = b["status"]
+            if status == "ok" and results.get(b["name"], {}).get("error"):
+                status = "ok, with an error recorded as its result (see its section)"
+            rows.append([b["name"], status, f"{b.get('seconds', 0):.0f}", "`" + " ".join(b.get("argv", [])) + "`"])
         out += table(["bench", "status", "seconds", "arguments"], rows)
         for b in run["benches"]:
             if b["status"] != "ok" and b.get("error_tail"):
                 out += ["", f"{b['name']} ({b['status']}), last lines of its log:", "", "```",
                         b["error_tail"].strip(), "```"]
-    stale = [n for n, d in results.items() if run.get("run_id") and d.get("run_id") != run.get("run_id")]
+    stale = stale_results(results, run)
     if stale:
         out += ["", f"Stale (from an earlier run, not this one's baseline): {', '.join(stale)}."]
     return out
@@ -464,17 +481,24 @@ def build(results_dir: str = RESULTS, out: str = REPORT) -> str:
         ("interruption", lambda: interruption(results["interruption"], results.get("s3_throughput"), figs)),
     ]
     needs = {"checkpoint": ["checkpoint", "podman"], "restore": ["checkpoint", "podman"]}
+    stale = stale_results(results, run)
     missing: List[str] = []
     for key, render in renderers:
         if not any(n in results for n in needs.get(key, [key])):
             missing.append(key)
             continue
         try:
-            sections.append(render())
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            sec = render()
+        except (KeyError, IndexError, AttributeError, TypeError, ValueError, ZeroDivisionError) as e:
             sec = Section(key)
             sec.add(f"Could not render the results of {key}: {type(e).__name__}: {e}")
-            sections.append(sec)
+        old = [n for n in needs.get(key, [key]) if n in stale]
+        if old:
+            sec.title += " (stale)"
+            sec.lines[:0] = [f"*Stale: the results of {', '.join(old)} are from an earlier run, not this one.*", ""]
+            for g in sec.goals:
+                g.measure += " (stale)"
+        sections.append(sec)
 
     mode = run.get("mode", "")
     lines = ["# mmbatch benchmark report", ""]
@@ -491,6 +515,13 @@ def build(results_dir: str = RESULTS, out: str = REPORT) -> str:
     if load_before and float(load_before.split()[0]) > 0.5:
         lines += [f"*The machine was not idle at the start (load average {load_before}): timings may be "
                   "inflated by other work.*", ""]
+    failed = [b for b in run.get("benches", []) if b.get("status") != "ok"]
+    if failed:
+        lines += ["**Failed in this run: " + ", ".join(f"{b['name']} ({b['status']})" for b in failed)
+                  + "; the end of each log is under \"This run\".**", ""]
+    erred = [n for n, d in results.items() if d.get("error") and n not in stale]
+    if erred:
+        lines += [f"**Recorded an error as its result: {', '.join(erred)} (see its section).**", ""]
     if figs.error:
         lines += [f"*{figs.error}*", ""]
     lines += ["## Machine and versions", ""] + machine_section(results, run) + [""]

@@ -37,22 +37,19 @@ from typing import Callable, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import machine, save  # noqa: E402
+from bench.common import MiB, machine, median_ratio, parse_bytes, positive_int, save  # noqa: E402
 from mmbatch.checkpoints import CheckpointRepository  # noqa: E402
 from mmbatch.config import StoreSection  # noqa: E402
 from mmbatch.manifest import Manifest  # noqa: E402
 from mmbatch.store.s3 import S3ObjectStore  # noqa: E402
 from tests.lib import s3server  # noqa: E402
 
-MiB = 1024 * 1024
-_UNITS = {"": 1, "K": 1024, "M": MiB, "G": 1024 * MiB}
-
 
 def parse_size(text: str) -> int:
-    t = text.strip().upper().rstrip("B").rstrip("I")
-    unit = t[-1] if t and t[-1] in _UNITS else ""
-    number = float(t[:-1] if unit else t)
-    size = int(number * _UNITS[unit])
+    try:
+        size = parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     if size < MiB:
         raise argparse.ArgumentTypeError(f"size {text!r} is below 1 MiB")
     return size
@@ -150,15 +147,21 @@ def alternated(runs: Dict[str, Callable[[], Dict[str, float]]], rounds: int) -> 
     return out
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (tests check bench/run's plans against it)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=parse_size, default=parse_size("2G"), help="pages image size (2G, 256M...)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=positive_int, default=3, help="alternated rounds")
     ap.add_argument("--parallel", type=int, default=StoreSection().parallel, help="store.parallel")
     ap.add_argument("--endpoint", default="", help="a running S3-compatible server (default: start SeaweedFS)")
     ap.add_argument("--access-key", default=os.environ.get(s3server.ACCESS_KEY_ENV, s3server.ACCESS_KEY))
     ap.add_argument("--secret-key", default=os.environ.get(s3server.SECRET_KEY_ENV, s3server.SECRET_KEY))
     ap.add_argument("--workdir", default="", help="where the checkpoint is made (default: a temp dir)")
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
 
     work = tempfile.mkdtemp(prefix="mmbatch-bench-s3-", dir=args.workdir or None)
@@ -197,7 +200,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         "samples": samples,
         "median_seconds": med,
         "median_mib_per_s": mbps,
-        "ratio_mmbatch_over_boto3_seconds": {d: med["mmbatch"][d] / med["boto3"][d] for d in ("upload", "download")},
+        # Medians of the pairwise ratios of alternated rounds, as the report computes them.
+        "ratio_mmbatch_over_boto3_seconds": {d: median_ratio([r[d] for r in samples["mmbatch"]],
+                                                             [r[d] for r in samples["boto3"]])
+                                             for d in ("upload", "download")},
     }
     path = save("s3_throughput", result)
     print(f"\n{total / MiB:.0f} MiB checkpoint ({len(files)} files), SSE {bench.sse}, "

@@ -44,7 +44,7 @@ class CheckpointSection:
     ext_unix_sk: bool = True
     ghost_limit: str = "64M"
     max_restore_failures: int = 3
-    # Restore-on-create may wait this long for a previous attempt's end record.
+    # The longest `runc restore` of restore-on-create (ECS_CONTAINER_START_TIMEOUT must exceed it).
     restore_timeout: float = 600.0
     # Per-job MMBATCH_CHECKPOINT_IMAGE_PATH is only honoured under these roots.
     allowed_image_paths: List[str] = field(default_factory=list)
@@ -464,7 +464,7 @@ def _validate_server(sv: ServerSection, p: str) -> None:
 
 DEFAULT_TOML = """\
 # mmbatch node configuration. Every key is optional; shown are the defaults.
-# Reference: README.md, "Configuration".
+# Reference: README.md, "Configuration reference".
 
 [runtime]
 delegate = "runc"            # or "nvidia-container-runtime", or an absolute path
