@@ -402,7 +402,12 @@ def cmd_support_bundle(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     bundle = support_bundle.collect(cfg, doctor=not args.no_doctor, event_lines=args.events, daemon=source)
     if source is None:
         bundle.note("mmbatchd did not answer")
-    path = bundle.write(args.output or support_bundle.default_path())
+    path = args.output or support_bundle.default_path()
+    try:
+        bundle.write(path)
+    except OSError as e:
+        raise MmbatchError(f"cannot write {path}: {e.strerror}",
+                           hint="name a new file in a directory you can write (-o)") from e
     if args.json:
         print(json.dumps({"path": path, "files": sorted(bundle.files), "notes": bundle.notes}, indent=1))
     else:

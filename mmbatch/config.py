@@ -8,6 +8,7 @@ points at another file. A missing file means the embedded defaults.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -292,7 +293,13 @@ def _coerce(section: str, key: str, value: Any, default: Any, path: str) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"must be a number, got {value!r}", path=path, key=full)
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):  # TOML has nan and inf
+            raise ConfigError(f"must be a finite number, got {value!r:.40}", path=path, key=full)
+        return number
     if isinstance(default, list):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError("must be a list of strings", path=path, key=full)

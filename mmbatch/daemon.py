@@ -769,7 +769,7 @@ class Daemon:
         (and CloudWatch). Neither may stop the daemon: errors are logged."""
         from mmbatch.api.metrics import EventLogFollower
         from mmbatch.api.node_view import DaemonView
-        from mmbatch.api.server import ApiServer
+        from mmbatch.api.server import ApiServer, socket_path
 
         def active_jobs() -> List[Tuple[Dict[str, str], float]]:
             try:
@@ -789,9 +789,16 @@ class Daemon:
 
         follower = EventLogFollower(os.path.join(events.log_dir(), "events.log"), on_event)
         self._thread(follower.run, self.stop_event, name="event-log")
+        view = DaemonView(self)
         try:
-            self.api = ApiServer.from_config(DaemonView(self), self.cfg).start()
+            api = ApiServer.from_config(view, self.cfg)
+        except MmbatchError as e:  # an unusable token file: no TCP listener, the unix socket still
+            log.error("node API: no TCP listener: %s", e)
+            api = ApiServer(view, socket_path(self.cfg))
+        try:
+            self.api = api.start()
         except MmbatchError as e:
+            api.stop()
             self.api = None
             log.error("node API not served: %s", e)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Union
 
@@ -17,9 +18,15 @@ def parse_duration(value: Union[str, int, float]) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as \"15m\", not a boolean")
     if isinstance(value, (int, float)):
-        if value < 0:
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ValueError(f"a duration must be a finite number, got {value!r:.40}")
+        if number < 0:
             raise ValueError("a duration cannot be negative")
-        return float(value)
+        return number
     if not isinstance(value, str):
         raise ValueError(f"expected a duration such as \"15m\", got {type(value).__name__}")
     text = value.strip().lower()
@@ -30,6 +37,8 @@ def parse_duration(value: Union[str, int, float]) -> float:
     except ValueError:
         pass
     else:
+        if not math.isfinite(seconds):  # float() reads "nan" and "inf"
+            raise ValueError(f"a duration must be a finite number, got {value!r}")
         if seconds < 0:
             raise ValueError("a duration cannot be negative")
         return seconds

@@ -174,7 +174,10 @@ class CloudWatchShipper:
                 retryable = code in RETRYABLE or code in ("ResourceNotFoundException",
                                                           "InvalidSequenceTokenException") or _is_connection(e)
                 now = time.monotonic()
-                if not retryable or self._stop.is_set() and (give_up_at is None or now >= give_up_at):
+                # once stop() is called, a batch in flight gets the same drain time as the queue
+                deadline = give_up_at if give_up_at is not None else \
+                    (self._give_up_at if self._stop.is_set() else None)
+                if not retryable or (deadline is not None and now >= deadline):
                     self.failed += len(batch)
                     if code not in self._complained:
                         self._complained.add(code)
@@ -183,15 +186,10 @@ class CloudWatchShipper:
                 self.retries += 1
                 delay = min(self.max_backoff, self.base_backoff * (2 ** min(attempt - 1, 10)))
                 delay *= random.uniform(0.5, 1.0)
-                if give_up_at is not None:
-                    delay = min(delay, max(0.0, give_up_at - now))
-                    if now >= give_up_at:
-                        self.failed += len(batch)
-                        return False
-                if give_up_at is None:
-                    self._stop.wait(delay)
+                if deadline is None:
+                    self._stop.wait(delay)  # stop() cuts the wait short; the deadline then applies
                 else:
-                    time.sleep(delay)
+                    time.sleep(min(delay, max(0.0, deadline - now)))
 
     def _ensure_stream(self, stream: str) -> None:
         if stream in self._ready:

@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from mmbatch import config as config_mod
-from mmbatch.api.node_view import redacted_config
+from mmbatch.api.node_view import package_version, redacted_config
 
 EVENT_LINES = 2000
 LOG_TAIL_BYTES = 5 * 1024 * 1024
@@ -31,23 +31,44 @@ CRIU_LOGS = 20
 CRIU_LOG_BYTES = 2 * 1024 * 1024
 REDACTED = "<redacted>"
 
+# A name that says its value is secret, from its secret word on: AWS_SECRET_ACCESS_KEY,
+# SecretAccessKey, aws_session_token, X-Amz-Security-Token, client_secret, password, api_key...
+# (the match starts at the word, so the cost stays linear). Names of files holding a secret
+# (token_file) are not secrets.
+_SECRET_NAME = (r"(?:secret|token|passw(?:or)?d|credential|access[_-]?key|private[_-]?key|api[_-]?key|"
+                r"auth[_-]?data)[A-Za-z0-9_.-]{0,64}")
+_NOT_SECRET_SUFFIXES = ("_file", "_path", "_dir", "-file", "-path", "-dir")
+_NAMED_VALUE = re.compile(
+    r"(?i)(?P<name>" + _SECRET_NAME + r")(?P<close>[\"']?)(?P<sep>\s*[=:]\s*)"
+    r"(?P<value>\"(?:[^\"\\\n]|\\.)*\"|'[^'\n]*'|[^\s\"',;&}\]]+)")
+
 _PATTERNS = [
+    (re.compile(r"(?im)^(\s*(?:export\s+)?ECS_ENGINE_AUTH_DATA\s*=).*$"), r"\1" + REDACTED),
     (re.compile(r"\b(A3T[A-Z0-9]|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA)[A-Z0-9]{16}\b"), REDACTED),
-    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
-    (re.compile(r"(?i)((?:aws_)?secret_access_key|aws_session_token|password|passwd|secret|token)"
-                r"(\s*[=:]\s*|\"\s*:\s*\")[^\s\",]+"), r"\1\2" + REDACTED),
-    (re.compile(r"(?im)^(ECS_ENGINE_AUTH_DATA|ECS_ENGINE_AUTH_TYPE)=.*$"), r"\1=" + REDACTED),
-    (re.compile(r"(?i)(://)[^/\s:@]+:[^/\s@]+@"), r"\1" + REDACTED + "@"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), REDACTED),  # a JWT
+    (re.compile(r"(://)[^/\s:@]*:[^/\s@]+@"), r"\1" + REDACTED + "@"),  # user:password@ and :password@
 ]
 
 
+def _named_value(m: re.Match[str]) -> str:
+    if m.group("name").lower().endswith(_NOT_SECRET_SUFFIXES) or REDACTED in m.group("value"):
+        return m.group(0)
+    value = m.group("value")
+    quote = value[0] if value[:1] in ("'", '"') else ""
+    return f"{m.group('name')}{m.group('close')}{m.group('sep')}{quote}{REDACTED}{quote}"
+
+
 def redact_text(text: str, secrets: Optional[List[str]] = None) -> str:
+    """`text` with secret-looking values replaced by <redacted>: the given secrets, AWS key ids,
+    bearer and basic credentials, JWTs, passwords in URLs, and the values of secret-named keys
+    (KEY=value, KEY: value, "Key": "value", quoted or not)."""
     for s in secrets or []:
         if s and len(s) >= 8:
             text = text.replace(s, REDACTED)
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
-    return text
+    return _NAMED_VALUE.sub(_named_value, text)
 
 
 def tail_bytes(path: str, limit: int) -> Optional[bytes]:
@@ -99,7 +120,8 @@ class Bundle:
     def write(self, path: str) -> str:
         self.add_json("MANIFEST.json", {"created_at": time.time(), "host": socket.gethostname(),
                                         "files": sorted(self.files) + ["MANIFEST.json"], "notes": self.notes})
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: make it private first
         with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
             top = os.path.basename(path).split(".tar")[0]
             for name in sorted(self.files):
@@ -129,7 +151,7 @@ def collect(cfg: config_mod.Config, doctor: bool = True, event_lines: int = EVEN
         f"host: {socket.gethostname()}",
         f"kernel: {platform.release()} {platform.version()}",
         f"python: {platform.python_version()}",
-        f"mmbatch: {_version()}",
+        f"mmbatch: {package_version()}",
         f"criu: {_run(['criu', '--version'])}",
         f"runtime ({cfg.runtime.delegate}): {_run([cfg.runtime.delegate, '--version'])}",
         "",
@@ -200,12 +222,3 @@ def default_path(directory: str = ".") -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())
     return os.path.join(directory, f"mmbatch-support-{host}-{stamp}.tar.gz")
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("mmbatch")
-    except Exception:
-        return "unknown"

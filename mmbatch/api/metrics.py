@@ -10,6 +10,7 @@ as Prometheus expects of a process's counters.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -17,6 +18,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 FREEZE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RESTORE_KINDS = {"restore": "restored", "cold-start": "cold", "restore-fallback": "fallback"}
+
+log = logging.getLogger("mmbatchd.api")
 
 Labels = Tuple[Tuple[str, str], ...]
 
@@ -281,7 +284,10 @@ class EventLogFollower:
                 continue
             if isinstance(ev, dict):
                 n += 1
-                self.on_event(ev)
+                try:
+                    self.on_event(ev)
+                except Exception:  # one odd event must not cost the rest of the chunk (the offset moved on)
+                    log.debug("event not handled: %r", ev, exc_info=True)
         return n
 
     def run(self, stop: threading.Event, every: float = 1.0) -> None:

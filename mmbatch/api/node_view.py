@@ -27,7 +27,7 @@ class DaemonBusy(MmbatchError):
     """The daemon's loop did not answer in time."""
 
 
-def _version() -> str:
+def package_version() -> str:
     try:
         from importlib.metadata import version
 
@@ -43,7 +43,7 @@ class DaemonView:
         self.daemon = daemon
         self.timeout = timeout
         self.started_at = time.time()
-        self.version = _version()
+        self.version = package_version()
 
     # -- plumbing -----------------------------------------------------------------------
 

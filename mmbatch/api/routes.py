@@ -128,8 +128,8 @@ def _put_config(view: Any, body: bytes) -> Answer:
     if len(body) > MAX_BODY:
         return error(413, "body too large")
     try:
-        changes = json.loads(body or b"null")
-    except ValueError as e:
+        changes = json.loads(body or b"null", parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
         return error(400, f"body is not JSON: {e}")
     try:
         openapi.validate(changes, openapi.schema("ConfigUpdate"))
@@ -139,6 +139,10 @@ def _put_config(view: Any, body: bytes) -> Answer:
         return ok(view.update_config(changes))
     except ConfigError as e:
         return error(400, e.message, e.hint or "")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json reads NaN and Infinity; RFC 8259 has neither
 
 
 def parse_body_length(value: Optional[str]) -> int:

@@ -9,6 +9,7 @@ time (hmac.compare_digest).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -37,29 +38,37 @@ def socket_path(cfg: config_mod.Config) -> str:
 
 
 def read_token(path: str) -> str:
-    """The token in `path` (first line, stripped). ConfigError when unusable."""
+    """The token in `path` (first line, stripped). ConfigError when unusable: unreadable,
+    shorter than 16 characters, or open to every user (group access, e.g. an operators'
+    group, is allowed with a warning)."""
     try:
-        st = os.stat(path)
         with open(path, encoding="utf-8") as f:
+            st = os.fstat(f.fileno())
             token = f.readline().strip()
-    except OSError as e:
-        raise ConfigError(f"cannot read the API token: {e.strerror}", path=path, key="api.token_file") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the API token: {getattr(e, 'strerror', None) or e}", path=path,
+                          key="api.token_file") from e
+    if st.st_mode & stat.S_IRWXO:
+        raise ConfigError(f"the API token file is open to every user (mode {stat.S_IMODE(st.st_mode):o})",
+                          path=path, key="api.token_file", hint=f"chmod 600 {path}")
     if len(token) < 16:
         raise ConfigError("the API token must be at least 16 characters", path=path, key="api.token_file",
                           hint="e.g. `openssl rand -hex 32 > FILE; chmod 600 FILE`")
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("API token file %s is readable by others: chmod 600 it", path)
+    if st.st_mode & stat.S_IRWXG:
+        log.warning("API token file %s is readable by its group: chmod 600 it unless that is meant", path)
     return token
 
 
 def token_matches(expected: str, header: Optional[str]) -> bool:
-    """`Authorization: Bearer <token>` against the expected token, in constant time."""
+    """`Authorization: Bearer <token>` against the expected token, in constant time
+    (digests are compared, so the token's length does not leak either)."""
     if not expected or not header:
         return False
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(given.strip().encode(), expected.encode())
+    return hmac.compare_digest(hashlib.sha256(given.strip().encode("utf-8", "replace")).digest(),
+                               hashlib.sha256(expected.encode("utf-8")).digest())
 
 
 def parse_listen(listen: str) -> Tuple[str, int]:
@@ -131,6 +140,7 @@ class ApiServer:
         self.token = token
         self._servers: List[socketserver.BaseServer] = []
         self._threads: List[threading.Thread] = []
+        self._unix_bound = False  # the socket file is ours to remove
         self.tcp_address: Optional[Tuple[str, int]] = None
 
     @classmethod
@@ -146,18 +156,22 @@ class ApiServer:
         self._threads.append(t)
 
     def start(self) -> ApiServer:
+        """Bind and serve. A unix socket that cannot be served raises MmbatchError; a TCP port
+        that is taken is logged and only the unix socket is served (tcp_address stays None)."""
+        if self.listen and not self.token:
+            raise ConfigError("the TCP API needs a token", key="api.token_file")
         if self.socket_file:
             self._serve(self._bind_unix(self.socket_file), "api-unix")
+            self._unix_bound = True
             log.info("node API on unix socket %s", self.socket_file)
         if self.listen:
-            if not self.token:
-                raise ConfigError("the TCP API needs a token", key="api.token_file")
             host, port = parse_listen(self.listen)
             try:
                 srv = _TcpServer((host, port), _Handler)
             except OSError as e:
-                raise MmbatchError(f"cannot listen on {self.listen}: {e.strerror}",
-                                   hint="free the port or change [api] listen") from e
+                log.error("node API: cannot listen on %s (%s): free the port or change [api] listen; "
+                          "serving only the unix socket", self.listen, e.strerror)
+                return self
             srv.token, srv.token_required = self.token, True  # type: ignore[attr-defined]
             self.tcp_address = srv.server_address[:2]  # type: ignore[assignment]
             self._serve(srv, "api-tcp")
@@ -166,7 +180,9 @@ class ApiServer:
 
     def _bind_unix(self, path: str) -> _UnixServer:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        if os.path.exists(path):
+        if os.path.lexists(path):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise MmbatchError(f"{path} exists and is not a socket", hint="remove it or change [api] socket")
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 probe.connect(path)
@@ -175,12 +191,17 @@ class ApiServer:
                 os.unlink(path)  # left by a daemon that died
             finally:
                 probe.close()
-        old = os.umask(0o177)
+        # bind, chmod, then listen: nobody can connect before the mode is 0600 (a bound socket
+        # that does not listen refuses connections), and the process-wide umask is left alone
+        # (other threads of the daemon create files meanwhile).
+        srv = _UnixServer(path, _Handler, bind_and_activate=False)
         try:
-            srv = _UnixServer(path, _Handler)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
+            srv.server_bind()
+            os.chmod(path, 0o600)
+            srv.server_activate()
+        except OSError as e:
+            srv.server_close()
+            raise MmbatchError(f"cannot serve the API on {path}: {e.strerror}") from e
         srv.token, srv.token_required = self.token, False  # type: ignore[attr-defined]
         return srv
 
@@ -190,9 +211,9 @@ class ApiServer:
             srv.server_close()
         for t in self._threads:
             t.join(5)
-        if self.socket_file:
+        if self._unix_bound:  # never another daemon's socket
             try:
                 os.unlink(self.socket_file)
             except OSError:
                 pass
-        self._servers, self._threads = [], []
+        self._servers, self._threads, self._unix_bound = [], [], False

@@ -3,10 +3,13 @@
 stdlib only (http.server's ThreadingHTTPServer). Pages need a session (or
 dev mode); CSV and JSON exports also take `Authorization: Bearer <admin
 token>`. Unauthenticated page requests are sent to /login, API requests get
-401. Every response forbids framing and sniffing, sends referrers only to
-this server (the OIDC callback URL carries a code; same-origin keeps the
-Origin header that POSTs are checked against) and is not cached; pages may
-load only the server's own script and stylesheet.
+401. In dev mode (no login) only requests naming a loopback host are
+answered, so a DNS-rebound site cannot read the pages. POSTs need an Origin
+(or, without one, a Referer) of this server. Every response forbids framing
+and sniffing, sends referrers only to this server (the OIDC callback URL
+carries a code; same-origin keeps the Origin header that POSTs are checked
+against) and is not cached; pages may load only the server's own script
+and stylesheet.
 
 Routes: / (overview), /jobs (?queue=&state=), /jobs/<job key>, /jobs.csv,
 /nodes, /nodes.csv, /cost, /api/summary, /api/jobs/<job key>, /healthz,
@@ -35,6 +38,7 @@ from mmbatch.server.auth import (
     AuthPolicy,
     Signer,
     cookie_header,
+    is_loopback,
     parse_cookies,
     token_matches,
 )
@@ -63,10 +67,24 @@ DEV_IDENTITY = Identity(subject="dev", username="dev mode", email="", via="dev")
 
 
 def safe_next(value: Optional[str]) -> str:
-    """A local path to go to after login; anything else (another site) becomes "/"."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value or "\n" in value:
+    """A local path to go to after login; anything else (another site) becomes "/".
+
+    Browsers drop tabs and newlines from URLs and read a backslash as a slash,
+    so "/<tab>/evil.example" would become "//evil.example": control characters
+    and backslashes are refused outright.
+    """
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value or \
+            any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
         return "/"
     return value
+
+
+def host_of(header: Optional[str]) -> str:
+    """The host name of a Host header value ("127.0.0.1:8090", "[::1]:80", "localhost")."""
+    value = (header or "").strip().lower()
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
 class Dashboard:
@@ -153,11 +171,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _same_origin(self) -> bool:
         """POSTs must come from our own pages (SameSite=Lax already keeps the session cookie off
-        cross-site POSTs; this also covers the login form)."""
+        cross-site POSTs; this also covers the login form). Browsers send Origin with every POST;
+        without it the Referer must be ours, and with neither (not a browser) the POST may go on."""
+        host = self.headers.get("Host", "")
         origin = self.headers.get("Origin")
-        if not origin or origin == "null":
-            return origin is None
-        return urllib.parse.urlsplit(origin).netloc == self.headers.get("Host", "")
+        if origin is not None:
+            return origin != "null" and urllib.parse.urlsplit(origin).netloc == host
+        referer = self.headers.get("Referer")
+        if referer is not None:
+            return urllib.parse.urlsplit(referer).netloc == host
+        return True
+
+    def _host_allowed(self) -> bool:
+        """In dev mode (no login) only loopback host names: a page of another site whose name
+        is re-bound to 127.0.0.1 (DNS rebinding) must not read the dashboard."""
+        if self.app.policy.login_needed:
+            return True
+        host = host_of(self.headers.get("Host"))
+        return is_loopback(host) or host == urllib.parse.urlsplit(self.app.public_url).hostname
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -183,6 +214,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._html(500, pages.error_page(500, "internal error (see the server log)"))
 
     def _get(self) -> None:
+        if not self._host_allowed():
+            self._html(421, pages.error_page(421, "this server answers only to a loopback host name in dev mode"))
+            return
         url = urllib.parse.urlsplit(self.path)
         path, query = url.path, urllib.parse.parse_qs(url.query)
         if path == "/healthz":
@@ -261,7 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _static(self, name: str) -> None:
         ext = os.path.splitext(name)[1]
-        if "/" in name or name.startswith(".") or ext not in STATIC_TYPES:
+        if "/" in name or "\0" in name or name.startswith(".") or ext not in STATIC_TYPES:
             self._send(404, b"not found\n", "text/plain")
             return
         try:
@@ -283,12 +317,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _post(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
+        if not self._host_allowed():
+            self.close_connection = True
+            self._html(421, pages.error_page(421, "this server answers only to a loopback host name in dev mode"))
+            return
         if not self._same_origin():
+            self.close_connection = True  # the body is left unread
             self._html(403, pages.error_page(403, "cross-site request refused"))
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_FORM_BYTES:
-            self._html(413, pages.error_page(413, "request too large"))
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_FORM_BYTES:
+            self.close_connection = True  # a negative length would read until the client hangs up
+            self._html(413 if length > 0 else 400, pages.error_page(413 if length > 0 else 400,
+                                                                    "bad or too large Content-Length"))
             return
         form = urllib.parse.parse_qs(self.rfile.read(length).decode("utf-8", "replace")) if length else {}
         if path == "/login":

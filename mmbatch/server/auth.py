@@ -36,25 +36,31 @@ OIDC_COOKIE_SECONDS = 600
 MIN_TOKEN_LENGTH = 16
 
 
-def read_admin_token(path: str) -> str:
-    """The admin token in `path`: owner-only permissions, at least 16 characters."""
+def read_secret_file(path: str, what: str, min_length: int = 1) -> str:
+    """The secret in `path` (stripped): the file must be readable by its owner only (no group or
+    other bits) and not a symbolic link. ServerError otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as e:
-        raise ServerError(f"cannot read the admin token file {path}: {e.strerror}",
+        raise ServerError(f"cannot read the {what} file {path}: {e.strerror}",
                           hint="create it with e.g. `openssl rand -hex 32 > FILE; chmod 600 FILE`") from e
     try:
         st = os.fstat(fd)
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ServerError(f"admin token file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o})",
+            raise ServerError(f"{what} file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o})",
                               hint=f"chmod 600 {path}")
         data = os.read(fd, 4096).decode("utf-8", "replace").strip()
     finally:
         os.close(fd)
-    if len(data) < MIN_TOKEN_LENGTH:
-        raise ServerError(f"admin token in {path} is shorter than {MIN_TOKEN_LENGTH} characters",
-                          hint="use a random token, e.g. `openssl rand -hex 32`")
+    if len(data) < min_length:
+        raise ServerError(f"{what} in {path} is shorter than {min_length} characters",
+                          hint="use a random token, e.g. `openssl rand -hex 32`" if min_length > 1 else None)
     return data
+
+
+def read_admin_token(path: str) -> str:
+    """The admin token in `path`: owner-only permissions, at least 16 characters."""
+    return read_secret_file(path, "admin token", MIN_TOKEN_LENGTH)
 
 
 def is_loopback(host: str) -> bool:

@@ -10,6 +10,7 @@ not shared across threads); WAL lets pages read while a sync writes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -54,11 +55,19 @@ def _str(v: Any) -> Optional[str]:
 
 
 def _float(v: Any) -> Optional[float]:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    """A number of a record, or None (not a number, a boolean, NaN, infinite or too large)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _int(v: Any) -> Optional[int]:
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    f = _float(v)
+    return None if f is None or abs(f) >= 2 ** 63 else int(f)  # SQLite integers are 64-bit
 
 
 class Cache:
@@ -152,9 +161,9 @@ class Cache:
                        m: Any) -> None:
         db.execute(
             "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (job_key, m.checkpoint_id, float(m.created_at), m.container_id, m.attempt, m.total_size,
-             _int(m.stats.get("rootfs_bytes")) or 0, m.labels.get("reason", ""), m.node.get("hostname", ""),
-             _float(m.stats.get("freeze_seconds")), key))
+            (job_key, str(m.checkpoint_id), _float(m.created_at), _str(m.container_id), _str(m.attempt),
+             _int(m.total_size), _int(m.stats.get("rootfs_bytes")) or 0, _str(m.labels.get("reason", "")),
+             _str(m.node.get("hostname", "")), _float(m.stats.get("freeze_seconds")), key))
         db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?)", (key, size, mtime))
 
     @staticmethod

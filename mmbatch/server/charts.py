@@ -84,7 +84,7 @@ def columns(categories: Sequence[str], series: List[Tuple[str, Sequence[float]]]
 def timeline(attempts: Sequence[dict], events: Sequence[dict], *, width: int = 720) -> str:
     """A job's attempts as bars over time, with its checkpoints (blue) and restores (green) as marks."""
     times = [t for a in attempts for t in (a.get("started_at"), a.get("ended_at")) if t]
-    times += [e["time"] for e in events if isinstance(e.get("time"), (int, float))]
+    times += [e["time"] for e in events if isinstance(e.get("time"), (int, float)) and not isinstance(e["time"], bool)]
     row, left, top = 26, 110, 10
     height = top + row * max(1, len(attempts)) + 24
     out = [f'<svg class="chart" role="img" aria-label="attempts and events over time" '
@@ -111,13 +111,14 @@ def timeline(attempts: Sequence[dict], events: Sequence[dict], *, width: int = 7
         out.append(f'<rect x="{xpos(start):.1f}" y="{y + 4}" width="{max(2.0, xpos(end) - xpos(start)):.1f}" '
                    f'height="14" fill="{color}" fill-opacity="0.35" stroke="{color}"/>')
     marks = {"checkpoint": "#2b6cb0", "restore": "#2f855a", "restore-fallback": "#c53030", "cold-start": "#718096"}
-    for e in events:
-        color = marks.get(e.get("kind", ""))
-        if color is None or not isinstance(e.get("time"), (int, float)):
+    for e in events:  # store records: any JSON value may stand where a string is expected
+        kind = str(e.get("kind") or "")
+        color = marks.get(kind)
+        if color is None or not isinstance(e.get("time"), (int, float)) or isinstance(e.get("time"), bool):
             continue
-        y = rows.get(e.get("container_id"), top)
+        y = rows.get(str(e.get("container_id") or ""), top)
         out.append(f'<circle cx="{xpos(e["time"]):.1f}" cy="{y + 11}" r="5" fill="{color}">'
-                   f'<title>{escape(e.get("kind", ""))}</title></circle>')
+                   f'<title>{escape(kind)}</title></circle>')
     out.append(f'<text x="{left}" y="{height - 6}" {FONT} fill="#718096">{span:.0f} s from first to last record'
                f'</text></svg>')
     return "".join(out)

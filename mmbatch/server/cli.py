@@ -35,11 +35,9 @@ def split_listen(listen: str) -> tuple:
 def _secret(path: str) -> str:
     if not path:
         return ""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip()
-    except OSError as e:
-        raise ServerError(f"cannot read the Cognito client secret file {path}: {e.strerror}") from e
+    from mmbatch.server.auth import read_secret_file
+
+    return read_secret_file(path, "Cognito client secret")
 
 
 def build(cfg: Config, *, store_url: Optional[str] = None, listen: Optional[str] = None,
@@ -58,6 +56,7 @@ def build(cfg: Config, *, store_url: Optional[str] = None, listen: Optional[str]
     policy = AuthPolicy(dev=sv.dev if dev is None else dev, session_seconds=int(sv.session_lifetime))
     if sv.admin_token_file:
         policy.admin_token = read_admin_token(sv.admin_token_file)
+    client_secret = _secret(sv.cognito_client_secret_file)  # before binding: a refusal leaks no socket
     if not sv.cognito_user_pool_id:
         policy.check(host)  # fail before binding; with Cognito, once the callback URL is known
     if not policy.dev and not is_loopback(host) and not (sv.public_url or "").startswith("https://"):
@@ -72,7 +71,7 @@ def build(cfg: Config, *, store_url: Optional[str] = None, listen: Optional[str]
     if sv.cognito_user_pool_id:
         client = CognitoClient(
             region=sv.cognito_region, user_pool_id=sv.cognito_user_pool_id, client_id=sv.cognito_client_id,
-            client_secret=_secret(sv.cognito_client_secret_file),
+            client_secret=client_secret,
             domain=domain_url(sv.cognito_domain, sv.cognito_region),
             redirect_uri=f"{app.public_url}/auth/callback", idp_endpoint=sv.cognito_idp_endpoint)
         policy.cognito = CognitoLogin(client)

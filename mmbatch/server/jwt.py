@@ -5,12 +5,14 @@ signature s, as an integer, gives m = s^e mod n, which must equal the
 encoding 0x00 0x01 FF..FF 0x00 DigestInfo(SHA-256) H(header.payload), of the
 modulus' length. Only RS256 is accepted: "none", HMAC and every other
 algorithm are refused before any key is looked at, so a token cannot choose
-a weaker check. Keys come as a JWKS document (RFC 7517), as Cognito serves
-at `<issuer>/.well-known/jwks.json`.
+a weaker check; a token naming `crit` header extensions is refused too.
+Keys come as a JWKS document (RFC 7517), as Cognito serves at
+`<issuer>/.well-known/jwks.json`.
 
 Claims are checked after the signature: `iss`, `aud` (or Cognito's
 `client_id` in access tokens), `exp` and `nbf`/`iat` with a small leeway for
-clock skew, and optionally `token_use` and `nonce`.
+clock skew (time claims must be finite numbers: JSON has no NaN), and
+optionally `token_use` and `nonce`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -125,13 +128,18 @@ def split(token: str) -> Tuple[Dict[str, Any], Dict[str, Any], bytes, bytes]:
     if len(parts) != 3:
         raise TokenInvalid("token does not have three parts", "malformed")
     try:
-        header = json.loads(b64url_decode(parts[0]))
-        claims = json.loads(b64url_decode(parts[1]))
-    except (ValueError, UnicodeDecodeError):
+        header = json.loads(b64url_decode(parts[0]), parse_constant=_no_constant)
+        claims = json.loads(b64url_decode(parts[1]), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise TokenInvalid("token header or payload is not JSON", "malformed") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise TokenInvalid("token header or payload is not a JSON object", "malformed")
     return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), b64url_decode(parts[2])
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259); Python's json would read them."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _number(claims: Mapping[str, Any], name: str) -> Optional[float]:
@@ -140,7 +148,13 @@ def _number(claims: Mapping[str, Any], name: str) -> Optional[float]:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TokenInvalid(f"claim {name} is not a number", "malformed")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        raise TokenInvalid(f"claim {name} is out of range", "malformed") from None
+    if not math.isfinite(number):
+        raise TokenInvalid(f"claim {name} is not a finite number", "malformed")
+    return number
 
 
 def verify(
@@ -162,6 +176,8 @@ def verify(
     header, claims, signing_input, signature = split(token)
     if header.get("alg") != ALGORITHM:
         raise TokenInvalid(f"token algorithm {header.get('alg')!r} is not {ALGORITHM}", "algorithm")
+    if "crit" in header:  # RFC 7515 4.1.11: extensions a verifier does not understand must be refused
+        raise TokenInvalid("token names critical header extensions this verifier does not know", "malformed")
     kid = header.get("kid")
     key = keys.get(kid) if isinstance(kid, str) else None
     if key is None:

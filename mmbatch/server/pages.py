@@ -13,6 +13,7 @@ import urllib.parse
 from html import escape
 from typing import Any, Dict, List, Optional, Sequence
 
+from mmbatch import progress
 from mmbatch.server import charts
 from mmbatch.server.model import STATES
 
@@ -28,12 +29,7 @@ _e = esc
 
 
 def human_bytes(n: Optional[float]) -> str:
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    return progress.human_bytes(float(n or 0))
 
 
 def pct(rate: Optional[float]) -> str:
@@ -48,11 +44,15 @@ def hours(v: Optional[float]) -> str:
     return f"{float(v or 0):.3f}"
 
 
-def when(t: Optional[float]) -> str:
+def when(t: Any) -> str:
     if not t:
         return "<span class=\"muted\">–</span>"
-    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-    return f'<time datetime="{iso}">{time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))} UTC</time>'
+    try:
+        tm = time.gmtime(t)
+    except (TypeError, ValueError, OverflowError, OSError):  # a record's odd value (a string, NaN, 1e300)
+        return f'<span class="muted">{_e(t)}</span>'
+    return (f'<time datetime="{time.strftime("%Y-%m-%dT%H:%M:%SZ", tm)}">'
+            f'{time.strftime("%Y-%m-%d %H:%M:%S", tm)} UTC</time>')
 
 
 def num(value: Any, text: Optional[str] = None, test_id: str = "") -> str:

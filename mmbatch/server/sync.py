@@ -82,7 +82,8 @@ def sync(store: ObjectStore, cache: Cache) -> SyncResult:
                         put(db, key, size, mtime, job_key, doc)
                 except ObjectNotFound:
                     continue  # deleted since the listing
-                except (ValueError, UnicodeDecodeError, ManifestError) as e:
+                except (ValueError, TypeError, OverflowError, RecursionError, ManifestError) as e:
+                    # one odd record (not JSON, NaN, a number too large) must not stop the whole sync
                     log.warning("skipping unreadable %s: %s", key, e)
                     result.skipped += 1
                     continue

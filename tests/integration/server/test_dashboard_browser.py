@@ -127,6 +127,7 @@ def test_dashboard_in_chromium_shows_the_store(node_factory, imds_factory, busyb
                        "cognito_domain": fake.url, "cognito_idp_endpoint": fake.url}})
         secret = tmp_path / "secret"
         secret.write_text(fake.client_secret)
+        secret.chmod(0o600)  # the server refuses a secret file open to others
         cfg.server.cognito_client_secret_file = str(secret)
         server = build(cfg, listen="127.0.0.1:0").start()
         fake.callback_urls.append(server.url + "/auth/callback")

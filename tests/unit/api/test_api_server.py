@@ -5,6 +5,7 @@ tokens, config changes and metrics are checked end to end. No root."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -96,7 +97,9 @@ def test_tcp_rejects_missing_and_wrong_tokens(node, monkeypatch):
             openapi.validate(json.loads(body), openapi.schema("Error"))
     status, _, _ = node.tcp("PUT", "/api/v1/config", {"interval": "10m"}, token="wrong")
     assert status == 401 and node.daemon.cfg.checkpoint.interval == 60.0, "a rejected PUT changes nothing"
-    assert (b"wrong", TOKEN.encode()) in compared, "tokens are compared with hmac.compare_digest"
+    digest = lambda t: hashlib.sha256(t.encode()).digest()  # noqa: E731
+    assert (digest("wrong"), digest(TOKEN)) in compared, "tokens are compared with hmac.compare_digest"
+    assert all(len(x) == len(y) == 32 for x, y in compared), "digests: the token's length does not leak"
     assert node.tcp("GET", "/api/v1/node")[0] == 200
 
 
@@ -119,9 +122,53 @@ def test_without_a_token_file_there_is_no_tcp_listener(tmp_path):
     assert srv.listen == "" and srv.socket_file == str(tmp_path / "s.sock")
     short = tmp_path / "short-token"
     short.write_text("abc\n")
+    short.chmod(0o600)
     cfg.api.token_file = str(short)
     with pytest.raises(config_mod.ConfigError, match="at least 16"):
         server.ApiServer.from_config(object(), cfg)
+    public = tmp_path / "public-token"
+    public.write_text(TOKEN + "\n")
+    public.chmod(0o644)
+    cfg.api.token_file = str(public)
+    with pytest.raises(config_mod.ConfigError, match="open to every user"):
+        server.ApiServer.from_config(object(), cfg)
+    public.chmod(0o640)  # an operators' group may read it
+    assert server.ApiServer.from_config(object(), cfg).token == TOKEN
+
+
+def test_unix_socket_is_0600_before_it_listens_and_the_umask_is_left_alone(tmp_path, monkeypatch):
+    short = tempfile.mkdtemp(prefix="mmbt-api-", dir="/tmp")
+    path = os.path.join(short, "api.sock")
+    modes_at_listen = []
+    real_activate = server._UnixServer.server_activate
+
+    def activate(self):
+        modes_at_listen.append(stat.S_IMODE(os.stat(path).st_mode))
+        real_activate(self)
+
+    def no_umask(mask):
+        raise AssertionError("the process-wide umask must not change: other threads create files")
+
+    real_umask = os.umask
+    old = real_umask(0o000)  # the most permissive: the mode must not come from the umask
+    monkeypatch.setattr(server._UnixServer, "server_activate", activate)
+    monkeypatch.setattr(os, "umask", no_umask)
+    try:
+        api = server.ApiServer(object(), socket_file=path).start()
+    finally:
+        monkeypatch.setattr(os, "umask", real_umask)
+        real_umask(old)
+    try:
+        assert modes_at_listen == [0o600] and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    finally:
+        api.stop()
+    assert not os.path.exists(path)
+    with open(path, "w") as f:  # not a socket: neither served nor removed
+        f.write("x")
+    with pytest.raises(server.MmbatchError, match="not a socket"):
+        server.ApiServer(object(), socket_file=path).start()
+    assert os.path.isfile(path)
+    shutil.rmtree(short, ignore_errors=True)
 
 
 @pytest.mark.parametrize("body,needle", [
@@ -134,6 +181,11 @@ def test_without_a_token_file_there_is_no_tcp_listener(tmp_path):
     ([], "expected object"),
     ({"interval": True}, "expected string or number"),
     (b"{not json", "not JSON"),
+    ({"interval": "nan"}, "checkpoint.interval"),
+    ({"interval": "inf"}, "checkpoint.interval"),
+    (b'{"interval": NaN}', "not JSON"),
+    (b'{"interval": 1e999}', "checkpoint.interval"),
+    (b"[" * 60000, "not JSON"),
 ])
 def test_config_put_is_validated(node, body, needle):
     status, _, raw = node.tcp("PUT", "/api/v1/config", body)
@@ -214,6 +266,7 @@ def test_a_busy_port_does_not_stop_the_daemon(tmp_path, monkeypatch):
     monkeypatch.setenv("MMBATCH_LOG_DIR", str(tmp_path / "log"))
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
     cfg = config_mod.from_dict({
         "runtime": {"state_dir": str(tmp_path / "state")},
         "api": {"hook_socket": os.path.join(short, "hook.sock"), "listen": f"127.0.0.1:{port}",
@@ -222,8 +275,34 @@ def test_a_busy_port_does_not_stop_the_daemon(tmp_path, monkeypatch):
     d = Daemon(cfg, engine=FakeEngine())
     try:
         d.start(spot=False, engine_events=False)
-        assert d.api is None, "the API could not bind; the daemon still started"
+        assert d.api is not None and d.api.tcp_address is None, "no TCP listener; the daemon still started"
+        status, _, body = NodeClient(socket_file=os.path.join(short, "mmbatchd.sock")).request("GET", "/metrics")
+        assert status == 200 and b"mmbatch_checkpoints_total" in body, "the unix socket is still served"
     finally:
         d.shutdown()
         blocker.close()
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_an_unusable_token_file_leaves_the_unix_socket_served(tmp_path, monkeypatch):
+    short = tempfile.mkdtemp(prefix="mmbt-api-", dir="/tmp")
+    monkeypatch.setenv("MMBATCH_LOG_DIR", str(tmp_path / "log"))
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o666)
+    cfg = config_mod.from_dict({
+        "runtime": {"state_dir": str(tmp_path / "state")},
+        "api": {"hook_socket": os.path.join(short, "hook.sock"), "listen": "127.0.0.1:0",
+                "token_file": str(token_file)},
+    })
+    d = Daemon(cfg, engine=FakeEngine())
+    try:
+        d.start(spot=False, engine_events=False)
+        assert d.api is not None and d.api.tcp_address is None, "no TCP without a private token"
+        sock = os.path.join(short, "mmbatchd.sock")
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        status, _, body = NodeClient(socket_file=sock).request("GET", "/metrics")
+        assert status == 200 and b"mmbatch_checkpoints_total" in body
+    finally:
+        d.shutdown()
         shutil.rmtree(short, ignore_errors=True)

@@ -233,6 +233,22 @@ def test_submit_never_blocks_while_cloudwatch_is_slow(moto_url, proxy_factory):
     assert proxy.puts() >= 1 and shipper.retries >= 1
 
 
+def test_stop_drains_a_batch_that_is_being_retried(moto_url, proxy_factory):
+    """A batch meeting throttling when stop() is called keeps being retried until the drain deadline."""
+    proxy = proxy_factory(code="ThrottlingException", fail=3)
+    group = unique_group()
+    shipper = logs.CloudWatchShipper(logs.logs_client("us-east-1", proxy.url), group, batch_seconds=0.05,
+                                     base_backoff=0.3).start()
+    shipper.submit("s", "last words")
+    deadline = time.time() + 10
+    while time.time() < deadline and proxy.puts() < 1:
+        time.sleep(0.02)
+    assert proxy.puts() >= 1, "the shipper is retrying the batch"
+    shipper.stop(flush_timeout=5.0)
+    assert shipper.failed == 0 and shipper.sent == 1 and proxy.puts() == 4
+    assert [e["message"] for e in read_stream(moto_url, group, "s")] == ["last words"]
+
+
 def test_log_records_become_json_lines_in_the_stream(moto_url, proxy_factory):
     proxy = proxy_factory()
     group = unique_group()

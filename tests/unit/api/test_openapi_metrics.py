@@ -140,6 +140,22 @@ def test_event_log_follower_reads_only_new_whole_lines_and_survives_rotation(tmp
     assert missing.poll() == 1, "a log created after the daemon started is read from its start"
 
 
+def test_an_event_the_handler_chokes_on_does_not_cost_the_next_ones(tmp_path):
+    path = tmp_path / "events.log"
+    path.write_text("")
+    seen = []
+
+    def on_event(ev):
+        float(ev["time"])  # what the CloudWatch hook does: an odd time raises
+        seen.append(ev["kind"])
+
+    f = EventLogFollower(str(path), on_event)
+    with open(path, "a") as out:
+        for t, kind in (("soon", "restore"), (1.0, "cold-start"), (2.0, "restore")):
+            out.write(json.dumps({"time": t, "kind": kind}) + "\n")
+    assert f.poll() == 3 and seen == ["cold-start", "restore"]
+
+
 def test_restore_kinds_are_the_ones_the_runtime_writes():
     import inspect
 

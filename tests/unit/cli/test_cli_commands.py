@@ -93,6 +93,50 @@ def test_secrets_are_redacted():
     assert "ECS_CLUSTER=prod" in out and "Bearer <redacted>" in out
 
 
+@pytest.mark.parametrize("text,secret", [
+    ('secret_access_key = "quoted/secret+value"', "quoted/secret+value"),
+    ("password: 'with spaces inside'", "with spaces"),
+    ('{"AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "wJalrXUtnFEMI/K7MDENG", "Token": "IQoJ"}',
+     "wJalrXUtnFEMI/K7MDENG"),
+    ('{"AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "x", "Token": "IQoJb3JpZ2luX2VjE"}', "IQoJb3JpZ2luX2VjE"),
+    ('export AWS_SESSION_TOKEN="FwoGZXIvYXdzE"', "FwoGZXIvYXdzE"),
+    ("AWS_CONTAINER_AUTHORIZATION_TOKEN=abcdefgh1234", "abcdefgh1234"),
+    ('client_secret = "s3cret-of-the-app-client"', "s3cret-of-the-app-client"),
+    ("juicefs meta redis://:redis-pass@10.0.0.5:6379/1", "redis-pass"),
+    ("Authorization: Basic dGVzdDpzZWNyZXQ=", "dGVzdDpzZWNyZXQ="),
+    ("id token eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl", "eyJzdWIiOiJ1In0"),
+    ("GET https://b.s3.amazonaws.com/k?X-Amz-Security-Token=FwoGZXIv&X-Amz-Date=1", "FwoGZXIv"),
+    ("api_key=XYZ123abc; next", "XYZ123abc"),
+])
+def test_redaction_covers_quoted_camel_case_and_url_secrets(text, secret):
+    out = support_bundle.redact_text(text)
+    assert secret not in out and support_bundle.REDACTED in out, out
+
+
+def test_redaction_keeps_what_is_not_secret():
+    text = ('"token_file": "/etc/mmbatch/api.token", "cognito_client_secret_file": "/etc/mmbatch/cs"\n'
+            'ECS_CLUSTER=prod\nlog_group = "/mmbatch/nodes"\ntoken mismatch after 5 tries\n')
+    assert support_bundle.redact_text(text) == text
+
+
+def test_bundle_file_is_private_even_when_it_existed(tmp_path):
+    path = tmp_path / "b.tar.gz"
+    path.write_bytes(b"old")
+    path.chmod(0o644)
+    b = support_bundle.Bundle([])
+    b.add_text("x.txt", "password=hunter22\n")
+    b.write(str(path))
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    with tarfile.open(path) as tar:
+        texts = {m.name.rsplit("/", 1)[-1]: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert texts["x.txt"] == b"password=<redacted>\n"
+    link = tmp_path / "link.tar.gz"
+    link.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        b.write(str(link))  # a planted symbolic link is not followed
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def make_cfg(tmp_path, **api) -> config_mod.Config:
     return config_mod.from_dict({
         "runtime": {"state_dir": str(tmp_path / "state")},
@@ -112,7 +156,10 @@ def commit(cfg, tmp_path, job_key: str, created_at: float, data: bytes) -> Manif
 
 
 def run_cli(capsys, cfg_path: str, *argv: str):
-    rc = cli.main(["--config", cfg_path, *argv])
+    try:
+        rc = cli.main(["--config", cfg_path, *argv])
+    finally:
+        events.configure("")  # main points events.log at the config's log.dir: not for the next tests
     out, err = capsys.readouterr()
     return rc, out, err
 

@@ -71,20 +71,53 @@ def test_bearer_token_for_exports(token_server):
 
 def test_login_goes_only_to_local_paths():
     assert safe_next("/jobs?queue=a") == "/jobs?queue=a"
-    for bad in ("https://evil.example", "//evil.example/x", "/\\evil", "", None, "jobs"):
-        assert safe_next(bad) == "/"
+    for bad in ("https://evil.example", "//evil.example/x", "/\\evil", "", None, "jobs",
+                "/\t/evil.example", "/\n/evil.example", "/\r/evil.example", "/\x00x", "/\x7f/evil.example"):
+        assert safe_next(bad) == "/", repr(bad)
+
+
+def test_login_redirect_is_not_opened_by_a_tab(token_server):
+    """Browsers strip tabs from a Location: "/<tab>/evil" would go to //evil."""
+    status, headers, _, _ = login(token_server, next_path="/\t/evil.example")
+    assert status == 303 and headers["location"] == "/"
+    status, _, _, page = request(token_server.url + "/login?next=/%09/evil.example")
+    assert status == 200 and 'name="next" value="/"' in page
+
+
+def _post(server, headers, body: bytes = b""):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.putrequest("POST", "/login")
+    for k, v in headers.items():
+        conn.putheader(k, v)
+    conn.endheaders(body)
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp
 
 
 def test_cross_site_posts_are_refused(token_server):
-    import http.client
+    form = f"token={TOKEN}".encode()
+    base = {"Content-Type": "application/x-www-form-urlencoded", "Content-Length": str(len(form))}
+    own = f"127.0.0.1:{token_server.port}"
+    for extra in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                  {"Referer": "https://evil.example/page"},
+                  {"Origin": f"http://{own}.evil.example"}):
+        resp = _post(token_server, {**base, **extra}, form)
+        assert resp.status == 403 and resp.headers.get("Set-Cookie") is None, extra
+    for extra in ({"Origin": f"http://{own}"}, {"Referer": f"http://{own}/login?next=%2F"}, {}):
+        resp = _post(token_server, {**base, **extra}, form)
+        assert resp.status == 303 and resp.headers.get("Set-Cookie"), extra
 
-    conn = http.client.HTTPConnection("127.0.0.1", token_server.port, timeout=10)
-    conn.request("POST", "/login", body=f"token={TOKEN}", headers={
-        "Content-Type": "application/x-www-form-urlencoded", "Origin": "https://evil.example"})
-    resp = conn.getresponse()
-    resp.read()
-    assert resp.status == 403 and resp.headers.get("Set-Cookie") is None
-    conn.close()
+
+def test_bad_content_length_is_refused_without_waiting(token_server):
+    t0 = time.monotonic()
+    for length, status in (("-1", 400), ("x", 400), ("100000", 413)):
+        resp = _post(token_server, {"Content-Type": "application/x-www-form-urlencoded", "Content-Length": length})
+        assert resp.status == status, length
+    assert time.monotonic() - t0 < 5, "a negative length must not read until the client hangs up"
 
 
 def test_static_files_and_no_path_escape(token_server):
@@ -125,6 +158,26 @@ def test_dev_mode_serves_without_login(make_server, store):
     assert status == 200 and "dev mode (no login)" in page and "Sign out" not in page
 
 
+def test_dev_mode_answers_only_loopback_host_names(make_server, store):
+    """DNS rebinding: a site whose name now points at 127.0.0.1 sends its own name as Host."""
+    import http.client
+
+    server = make_server({"dev": True}, store.url)
+    for host, status in ((f"evil.example:{server.port}", 421), ("evil.example", 421),
+                         (f"localhost:{server.port}", 200), (f"127.0.0.1:{server.port}", 200),
+                         (f"[::1]:{server.port}", 200)):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.putrequest("GET", "/api/summary", skip_host=True)
+        conn.putheader("Host", host)
+        conn.endheaders()
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        assert resp.status == status, host
+        if status == 421:
+            assert b"totals" not in body
+
+
 def test_signer_rejects_tampering_and_expiry():
     now = [1000.0]
     s = Signer(key=b"k" * 32, clock=lambda: now[0])
@@ -145,6 +198,9 @@ def test_server_config_is_validated():
                      ({"instance_prices": ["m5.large 0.04"]}, "server.instance_prices"),
                      ({"instance_prices": ["m5.large x 1"]}, "server.instance_prices"),
                      ({"on_demand_vcpu_hour": -1}, "server.on_demand_vcpu_hour"),
+                     ({"spot_vcpu_hour": float("nan")}, "server.spot_vcpu_hour"),
+                     ({"sync_interval": "nan"}, "server.sync_interval"),
+                     ({"session_lifetime": float("inf")}, "server.session_lifetime"),
                      ({"cognito_user_pool_id": "us-east-1_X"}, "server.cognito_user_pool_id"),
                      ({"public_url": "dash.example.com"}, "server.public_url"),
                      ({"colour": "blue"}, "server.colour")]:

@@ -46,6 +46,7 @@ def cookie_attrs(header: str) -> Tuple[str, str, Dict[str, str]]:
 def cognito_server(make_server, fake_cognito, store, tmp_path):
     secret = tmp_path / "client-secret"
     secret.write_text(fake_cognito.client_secret + "\n")
+    secret.chmod(0o600)
     server = make_server({
         "cognito_region": "us-east-1", "cognito_user_pool_id": fake_cognito.user_pool_id,
         "cognito_client_id": fake_cognito.client_id, "cognito_client_secret_file": str(secret),
@@ -160,6 +161,7 @@ def test_cognito_error_redirect_is_shown(cognito_server):
 def test_wrong_client_secret_is_refused_by_cognito(make_server, fake_cognito, store, tmp_path):
     secret = tmp_path / "wrong-secret"
     secret.write_text("not-the-secret")
+    secret.chmod(0o600)
     server = make_server({
         "cognito_region": "us-east-1", "cognito_user_pool_id": fake_cognito.user_pool_id,
         "cognito_client_id": fake_cognito.client_id, "cognito_client_secret_file": str(secret),
@@ -183,3 +185,21 @@ def test_https_public_url_makes_cookies_secure(make_server, fake_cognito, store)
     q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(headers["location"]).query))
     assert q["redirect_uri"] == "https://dashboard.example.com/auth/callback"
     assert "secure" in cookie_attrs(set_cookies[0])[2]
+
+
+def test_client_secret_file_must_be_private(make_server, fake_cognito, store, tmp_path):
+    from mmbatch.server.errors import ServerError
+
+    secret = tmp_path / "client-secret"
+    secret.write_text(fake_cognito.client_secret)
+    secret.chmod(0o640)
+    settings = {"cognito_region": "us-east-1", "cognito_user_pool_id": fake_cognito.user_pool_id,
+                "cognito_client_id": fake_cognito.client_id, "cognito_client_secret_file": str(secret),
+                "cognito_domain": fake_cognito.url, "cognito_idp_endpoint": fake_cognito.url}
+    with pytest.raises(ServerError, match="readable by others"):
+        make_server(settings, store.url)
+    link = tmp_path / "secret-link"
+    secret.chmod(0o600)
+    link.symlink_to(secret)
+    with pytest.raises(ServerError, match="cannot read"):
+        make_server(dict(settings, cognito_client_secret_file=str(link)), store.url)

@@ -131,3 +131,49 @@ def test_signature_made_by_openssl_verifies(tmp_path):
     pub = jwt.RsaPublicKey(kid="o", n=int(modulus, 16), e=65537)
     assert jwt.rs256_verify(pub, b"header.payload", sig)
     assert not jwt.rs256_verify(pub, b"header.payloaD", sig)
+
+
+def _sign_encoded(key, em: bytes) -> bytes:
+    """A raw RSA signature of an arbitrary encoded message (what a forger or a sloppy signer makes)."""
+    assert len(em) == key.size
+    return pow(int.from_bytes(em, "big"), key.d, key.n).to_bytes(key.size, "big")
+
+
+def test_only_the_exact_pkcs1_v15_sha256_encoding_verifies(rsa_key):
+    """Signatures made with the right key over encodings that are almost right are refused:
+    every byte of 0x00 0x01 FF..FF 0x00 DigestInfo(SHA-256) H is compared."""
+    import hashlib
+
+    msg = b"header.payload"
+    k = rsa_key.size
+    h = hashlib.sha256(msg).digest()
+    info = jwt.SHA256_DIGEST_INFO + h
+    good = jwt.pkcs1_v15_sha256_encoding(msg, k)
+    pub = jwt.RsaPublicKey(kid="k", n=rsa_key.n, e=rsa_key.e)
+    assert jwt.rs256_verify(pub, msg, _sign_encoded(rsa_key, good))
+    sha1_info = bytes.fromhex("3021300906052b0e03021a05000414") + hashlib.sha1(msg).digest()
+    no_null_info = bytes.fromhex("302f300b0609608648016503040201") + bytes.fromhex("0420") + h
+    garbage = b"\x55" * 40
+    bad = {
+        "sha1 digest": b"\x00\x01" + b"\xff" * (k - len(sha1_info) - 3) + b"\x00" + sha1_info,
+        "params omitted": b"\x00\x01" + b"\xff" * (k - len(no_null_info) - 3) + b"\x00" + no_null_info,
+        "garbage after the digest": b"\x00\x01" + b"\xff" * (k - len(info) - len(garbage) - 3) + b"\x00" + info
+                                    + garbage,
+        "block type 2": b"\x00\x02" + good[2:],
+        "a zero in the padding": good[:10] + b"\x00" + good[11:],
+        "short padding": b"\x00\x01" + b"\xff" * 7 + b"\x00" + b"\x00" * (k - len(info) - 10) + info,
+        "no separator": good[:k - len(info) - 1] + b"\xff" + info,
+    }
+    for what, em in bad.items():
+        assert len(em) == k, what
+        assert not jwt.rs256_verify(pub, msg, _sign_encoded(rsa_key, em)), what
+
+
+def test_critical_extensions_and_non_finite_times_are_refused(fake_cognito, rsa_key):
+    with pytest.raises(TokenInvalid) as e:
+        verify(fake_cognito, rsa_key.token(claims(fake_cognito), header={"crit": ["exp"], "exp": 1}))
+    assert e.value.reason == "malformed"
+    for over in ({"exp": float("nan")}, {"exp": float("inf")}, {"exp": 10 ** 400}, {"iat": float("nan")}):
+        with pytest.raises(TokenInvalid) as e:
+            verify(fake_cognito, rsa_key.token(claims(fake_cognito, **over)))  # signed, so only the claim is wrong
+        assert e.value.reason == "malformed", over

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import xml.etree.ElementTree as ET
 
@@ -176,3 +177,50 @@ def test_charts_are_well_formed_svg_without_inline_style():
         root = ET.fromstring(svg)
         assert root.tag.endswith("svg")
         assert all("style" not in el.attrib for el in root.iter())
+
+
+XSS = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+
+
+def test_store_strings_are_escaped_and_csv_cells_neutralized(make_server, admin_token_file, store, tmp_path):
+    """Every string in a page comes from records any node may write: it is escaped; spreadsheet
+    formulas in CSV cells are neutralized; odd values (NaN, huge numbers, lists) break nothing."""
+    r = repo(store, "job-x")
+    node = {"hostname": '=HYPERLINK("http://evil.example","x")', "instance_id": XSS, "instance_type": "+1+1",
+            "availability_zone": "@SUM(A1)", "lifecycle": "-2+3"}
+    r.put_record("attempts", "cx", attempt("cx", T0, node, queue=XSS, end="killed", cpu=1.0, attempt_no=XSS))
+    event(r, XSS, T0 + 5, XSS, node=XSS, reason=XSS, extra=XSS)
+    event(r, "checkpoint", T0 + 6, "cx", node=XSS, reason=XSS, rootfs_bytes=1, checkpoint_id=XSS)
+    # a buggy node's records: NaN (Python's json writes it), a number too large for SQLite, wrong types
+    store.put_bytes("jobs/job-x/attempts/cy.json", json.dumps(
+        {"container_id": "cy", "started_at": T0 + 8, "end": "exited", "exit_code": 10 ** 30, "cpu_seconds": NAN,
+         "node": node, "job_queue": ["a", "list"]}).encode())
+    store.put_bytes("jobs/job-x/events/odd-1.json", json.dumps(
+        {"time": NAN, "kind": ["checkpoint"], "container_id": {"a": 1}, "node": 7}).encode())
+    store.put_bytes("jobs/job-x/events/odd-2.json", json.dumps(
+        {"time": 1e300, "kind": "restore", "container_id": "cx"}).encode())
+    cache = Cache(str(tmp_path / "cache.db"))
+    result = sync(store, cache)
+    assert result.skipped == 0 and result.read == 6
+    server = make_server({"admin_token_file": admin_token_file}, store.url)
+    cookie = {"mmbatch_session": request(server.url + "/login", "POST", {"token": TOKEN})[2][0]
+              .split(";")[0].split("=", 1)[1]}
+    for path in ("/", "/jobs", "/jobs/job-x", "/nodes", "/cost", "/api/jobs/job-x", "/api/summary"):
+        status, headers, _, page = request(server.url + path, cookies=cookie)
+        assert status == 200, path
+        if path.startswith("/api/"):  # JSON as it is, never sniffed as HTML
+            assert headers["content-type"] == "application/json" and headers["x-content-type-options"] == "nosniff"
+            json.loads(page)
+        else:
+            assert "<script>alert" not in page and "<img src=x" not in page, path
+    page = request(server.url + "/jobs/job-x", cookies=cookie)[3]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img" in page
+    status, headers, _, body = request(server.url + "/nodes.csv", cookies=cookie)
+    assert status == 200
+    [row] = list(csv.DictReader(io.StringIO(body)))
+    assert row["hostname"] == "'" + node["hostname"] and row["instance_type"] == "'+1+1"
+    assert row["availability_zone"] == "'@SUM(A1)" and row["lifecycle"] == "'-2+3"
+    assert row["attempts"] == "2", "numbers are left as they are"
+
+
+NAN = float("nan")
