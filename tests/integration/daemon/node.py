@@ -66,10 +66,12 @@ class Node:
     def write_config(self, imds: str = "http://127.0.0.1:9", interval: str = "15m", keep: int = 100,
                      parallel: int = 2, jitter: float = 0.1, grace: float = 60, poll: float = 0.5,
                      kill_wait: float = 100, final_parallel: int = 0, spot_enabled: bool = True,
-                     store_url: str = "", store_settings: Optional[Dict[str, object]] = None) -> None:
+                     store_url: str = "", store_settings: Optional[Dict[str, object]] = None,
+                     delegate: str = "runc") -> None:
         store_lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (store_settings or {}).items())
         text = f"""
 [runtime]
+delegate = "{delegate}"
 state_dir = "{self.state_dir}"
 docker_socket = "{self.sock}"
 [checkpoint]
