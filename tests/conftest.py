@@ -56,3 +56,40 @@ def containers(docker_engine):
 def needs_root():
     if os.geteuid() != 0:
         unavailable("needs root")
+
+
+def _host_store_jobs() -> str:
+    """The jobs directory of this node's file store (/etc/mmbatch/config.toml), or ""."""
+    from mmbatch import config as config_mod
+    from mmbatch.errors import MmbatchError
+
+    try:
+        url = config_mod.load().store.url
+    except MmbatchError:
+        return ""
+    path = url[len("file://"):] if url.startswith("file://") else url if url.startswith("/") else ""
+    return os.path.join(path, "jobs") if path else ""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_store_cleanup():
+    """Jobs that tests run through the host's dockerd checkpoint into the node's
+    store; a job that never succeeds keeps its checkpoints there. Remove the
+    job directories this session created (only those), so repeated runs do
+    not fill the disk."""
+    import shutil
+
+    jobs_dir = _host_store_jobs() if os.geteuid() == 0 else ""
+    try:
+        before = set(os.listdir(jobs_dir)) if jobs_dir else set()
+    except OSError:
+        before = set()
+    yield
+    if not jobs_dir:
+        return
+    try:
+        created = set(os.listdir(jobs_dir)) - before
+    except OSError:
+        return
+    for name in created:
+        shutil.rmtree(os.path.join(jobs_dir, name), ignore_errors=True)
