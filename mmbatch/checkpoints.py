@@ -129,6 +129,12 @@ class GcResult:
     skipped: str = ""  # why objects were not collected this time, if they were not
 
 
+# A pack whose chunks the kept checkpoints use less than this share of is
+# not reused (see CheckpointRepository._dedup_index): the store then holds
+# at most about twice the live data, plus the checkpoints being pruned.
+REPACK_BELOW = 0.5
+
+
 class _Uploader:
     """Uploads new chunks in parallel: big ones alone, small ones packed.
 
@@ -274,9 +280,11 @@ class CheckpointRepository:
         self.grace_seconds = grace_seconds
         self._clock = clock
         self._prefix = f"jobs/{job_key}"
-        # Chunks this big are stored alone; smaller ones (extent tails,
-        # small extents and files) go into packs.
-        self.big_chunk_size = max(PAGE_SIZE, chunk_size // 2)
+        # Chunks of at least half a pack are stored alone; smaller ones go
+        # into packs. With the default 256 KiB chunks everything is packed:
+        # one request per 16 MiB, not per chunk (per-request latency would
+        # bound throughput).
+        self.big_chunk_size = max(PAGE_SIZE, pack_size // 2)
 
     @classmethod
     def from_config(cls, store: ObjectStore, job_key: str, store_cfg: Any, **kw: Any) -> CheckpointRepository:
@@ -413,19 +421,35 @@ class CheckpointRepository:
         return out
 
     def _dedup_index(self, ids: List[str]) -> Dict[str, ChunkRef]:
-        """Chunks of committed manifests whose objects exist, by sha256."""
+        """Chunks of committed manifests whose objects exist, by sha256.
+
+        Chunks in a pack that the kept checkpoints use less than
+        REPACK_BELOW of are left out: they are uploaded again, into this
+        commit's packs, so the sparse pack stops being referenced and gc
+        removes it once the checkpoints using it are pruned. Without this,
+        one live chunk would keep a whole pack of dead ones forever.
+        """
         manifests = self._load_valid(ids)
         if not manifests:
             return {}
-        present = set()
+        sizes: Dict[str, int] = {}
         for kind in ("chunks", "packs"):
-            for key in self.store.list(self._key(kind)):
-                present.add(key[len(self._prefix) + 1:])
+            for key, info in self.store.list_info(self._key(kind)):
+                sizes[key[len(self._prefix) + 1:]] = info.size
+        live: Dict[str, Set[int]] = {}
+        live_bytes: Dict[str, int] = {}
+        for m in manifests:
+            for f in m.files:
+                for c in f.chunks:
+                    if c.object.startswith("packs/") and c.offset not in live.setdefault(c.object, set()):
+                        live[c.object].add(c.offset)
+                        live_bytes[c.object] = live_bytes.get(c.object, 0) + c.size
+        sparse = {obj for obj, n in live_bytes.items() if obj in sizes and n < REPACK_BELOW * sizes[obj]}
         index: Dict[str, ChunkRef] = {}
         for m in manifests:
             for f in m.files:
                 for c in f.chunks:
-                    if c.sha256 not in index and c.object in present:
+                    if c.sha256 not in index and c.object in sizes and c.object not in sparse:
                         index[c.sha256] = c
         return index
 

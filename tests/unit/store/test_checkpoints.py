@@ -95,17 +95,19 @@ def test_commit_fetch_round_trip(small_repo, tmp_path):
     assert {f.path: f.mode for f in m.files}["exec.sh"] == 0o755  # the manifest keeps the real mode
 
 
-def test_big_chunks_alone_small_chunks_packed(small_repo, tmp_path):
+def test_big_chunks_alone_small_chunks_packed(store, tmp_path):
+    # chunks of half a pack or more are objects of their own
+    repo = CheckpointRepository(store, JOB, chunk_size=128 * 1024, pack_size=256 * 1024, parallel=4)
     files = {f"s{i}": os.urandom(1000) for i in range(50)}
-    src = make_tree(tmp_path / "src", {"big": os.urandom(5 * 64 * 1024), **files})
-    m = small_repo.commit(str(src), template())
+    src = make_tree(tmp_path / "src", {"big": os.urandom(5 * 128 * 1024), **files})
+    m = repo.commit(str(src), template())
     objs = m.chunk_objects()
     assert sum(o.startswith("chunks/") for o in objs) == 5
     packs = [o for o in objs if o.startswith("packs/")]
     assert len(packs) == 1  # 50 small files in one pack, not 50 objects
     assert m.stats["objects_uploaded"] == 6
     for o in objs:
-        assert small_repo.store.exists(f"jobs/{JOB}/{o}")
+        assert store.exists(f"jobs/{JOB}/{o}")
 
 
 def test_packs_are_bounded_by_pack_size(store, tmp_path):
@@ -657,3 +659,34 @@ def test_record_data_must_be_json(small_repo):
         small_repo.put_record("attempts", "1", {"x": object()})
     with pytest.raises(StoreError):
         small_repo.put_record("attempts", "1", ["not", "a", "dict"])
+
+
+def test_sparse_packs_are_repacked_and_then_collected(store, tmp_path):
+    """A pack the kept checkpoints barely use is not reused: its live chunks go into
+    the next commit's pack, and gc removes it once nothing references it. The store
+    then never holds a whole pack for one live chunk."""
+    K = 64 * 1024
+    repo = CheckpointRepository(store, JOB, chunk_size=K, pack_size=4 * K, parallel=2)
+    data = bytearray(os.urandom(16 * K))  # 16 chunks: 4 packs of 4
+    src = make_tree(tmp_path / "src", {"pages-1.img": bytes(data)})
+    m1 = repo.commit(str(src), template())
+    first_pack = m1.files[0].chunks[0].object
+    assert [c.object for c in m1.files[0].chunks[:4]] == [first_pack] * 4
+
+    for i in (0, 1, 2):  # three of the first pack's four chunks change
+        data[i * K] ^= 0xFF
+    (src / "pages-1.img").write_bytes(bytes(data))
+    m2 = repo.commit(str(src), template())
+    assert m2.stats["bytes_uploaded"] == 3 * K  # the first pack is still fully used (m1 is kept)
+    repo.prune(keep=1, grace_seconds=0)  # m1 goes: m2 uses a quarter of the first pack
+
+    m3 = repo.commit(str(src), template())  # nothing changed...
+    assert m3.stats["bytes_uploaded"] == K  # ...but the sparse pack's live chunk moves
+    assert first_pack not in m3.chunk_objects()
+    repo.prune(keep=1, grace_seconds=0)
+    assert not store.exists(f"jobs/{JOB}/{first_pack}"), "the sparse pack is collected"
+    m4 = repo.commit(str(src), template())
+    assert m4.stats["bytes_uploaded"] == 0  # a well-used pack is reused as before
+    dest = tmp_path / "d"
+    repo.fetch(m4, str(dest))
+    assert (dest / "pages-1.img").read_bytes() == bytes(data)
