@@ -33,6 +33,7 @@ finalizer could not run.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -469,6 +470,7 @@ class Daemon:
                 if t is not None and t > base + 1.0:
                     self.post("rebased", cid, t)
                     return
+            log.info("%s: %s checkpoint starts", cid[:12], reason)
             result = checkpoint_container(cid, self.cfg, self.state_dir, reason=reason,
                                           log=lambda m: log.debug("%s: %s", cid[:12], m))
             self.post("done", cid, reason, result, None)
@@ -903,6 +905,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # `kill -USR2 <pid>`: every thread's stack on stderr, for a daemon that seems stuck.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     try:
         daemon.start()
     except MmbatchError as e:

@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
@@ -144,7 +145,7 @@ def mem_dirty_track(criu: str = "criu", cache_file: str = "",
         return False  # not cached: the next checkpoint asks again
     if cache_file:
         try:
-            tmp = f"{cache_file}.{os.getpid()}.tmp"
+            tmp = f"{cache_file}.{os.getpid()}.{threading.get_ident()}.tmp"  # two checkpoints may probe at once
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump({"criu": ident, FEATURE: ok}, f)
             os.replace(tmp, cache_file)

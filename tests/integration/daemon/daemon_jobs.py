@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Callable, List, Optional, Tuple
 
@@ -73,6 +74,11 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
         if value:
             return value
         if time.time() >= deadline:
-            extra = f"\n--- mmbatchd log ---\n{node.daemon_log()[-6000:]}" if node is not None else ""
+            extra = ""
+            if node is not None:
+                if node.mmbatchd is not None and node.mmbatchd.poll() is None:
+                    os.kill(node.mmbatchd.pid, signal.SIGUSR2)  # its threads' stacks, into its log
+                    time.sleep(0.5)
+                extra = f"\n--- mmbatchd log ---\n{node.daemon_log()[-12000:]}"
             raise AssertionError(f"timeout after {timeout}s waiting for {what}{extra}")
         time.sleep(interval)
