@@ -32,6 +32,7 @@ from mmbatch.freezer import Freezer
 from mmbatch.runc import Runc, identity_flags, read_runtime_state
 from mmbatch.staging import choose as choose_staging
 from mmbatch.staging import container_memory
+from mmbatch.staging import roots as staging_roots
 
 CRIU_DIR = "criu"
 ROOTFS_DIR = "rootfs"
@@ -314,10 +315,7 @@ def _criu_dump_stats(work: str) -> Dict[str, float]:
 
 def _remove_stale_staging(cfg: Config, container_id: str) -> None:
     prefix = f"{container_id[:12]}-"
-    roots = [cfg.checkpoint.staging_dir]
-    if cfg.checkpoint.memory_staging_dir:
-        roots.append(os.path.join(cfg.checkpoint.memory_staging_dir, "mmbatch-staging"))
-    for root in roots:
+    for root in staging_roots(cfg.checkpoint):
         try:
             names = os.listdir(root)
         except OSError:

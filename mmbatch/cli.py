@@ -323,11 +323,10 @@ def stale_staging(cfg: config_mod.Config, now: float, min_age: float) -> List[st
         live = {n[:12] for n in os.listdir(cfg.runtime.state_dir)}
     except OSError:
         live = set()
-    roots = [cfg.checkpoint.staging_dir]
-    if cfg.checkpoint.memory_staging_dir:
-        roots.append(os.path.join(cfg.checkpoint.memory_staging_dir, "mmbatch-staging"))
+    from mmbatch.staging import roots
+
     out = []
-    for root in roots:
+    for root in roots(cfg.checkpoint):
         try:
             names = os.listdir(root)
         except OSError:

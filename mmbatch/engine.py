@@ -10,26 +10,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import urllib.parse
 from typing import Any, Dict, Iterator, List, Optional
 
 from mmbatch.errors import EngineError
+from mmbatch.unix_http import UnixHTTPConnection
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 API = "/v1.41"
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self._path)
-        self.sock = s
 
 
 class DockerEngine:
@@ -38,7 +26,7 @@ class DockerEngine:
         self.timeout = timeout
 
     def _request(self, method: str, path: str, timeout: Optional[float] = None) -> Any:
-        conn = _UnixConnection(self.socket_path, timeout or self.timeout)
+        conn = UnixHTTPConnection(self.socket_path, timeout or self.timeout)
         try:
             conn.request(method, API + path)
             resp = conn.getresponse()
@@ -81,7 +69,7 @@ class DockerEngine:
     ) -> Iterator[Dict[str, Any]]:
         """Engine events between two times (the engine replays recent ones)."""
         q = f"/events?since={since:.3f}&until={until:.3f}&filters={urllib.parse.quote(json.dumps(filters))}"
-        conn = _UnixConnection(self.socket_path, timeout)
+        conn = UnixHTTPConnection(self.socket_path, timeout)
         try:
             conn.request("GET", API + q)
             resp = conn.getresponse()

@@ -11,11 +11,12 @@ process at once), with a margin; otherwise the configured disk staging_dir.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import List, Optional
 
 from mmbatch.config import CheckpointSection
 
 MARGIN = 1 << 30  # keep this much memory free beyond the images
+MEMORY_SUBDIR = "mmbatch-staging"  # under checkpoint.memory_staging_dir
 
 
 def mem_available(meminfo: str = "/proc/meminfo") -> int:
@@ -59,7 +60,15 @@ def choose(ck: CheckpointSection, expected_bytes: int, meminfo: str = "/proc/mem
             return ck.staging_dir
     except OSError:
         return ck.staging_dir
-    return os.path.join(mem_dir, "mmbatch-staging")
+    return os.path.join(mem_dir, MEMORY_SUBDIR)
+
+
+def roots(ck: CheckpointSection) -> List[str]:
+    """Every directory `choose` may return: where staging leftovers can be."""
+    out = [ck.staging_dir]
+    if ck.memory_staging_dir:
+        out.append(os.path.join(ck.memory_staging_dir, MEMORY_SUBDIR))
+    return out
 
 
 def container_memory(cgroup_paths: dict) -> int:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 from typing import Any, Optional, Tuple
 
 from mmbatch import config as config_mod
 from mmbatch.api.server import parse_listen, read_token, socket_path
 from mmbatch.errors import MmbatchError
+from mmbatch.unix_http import UnixHTTPConnection
 
 
 class DaemonUnreachable(MmbatchError):
@@ -24,22 +24,6 @@ class ApiError(MmbatchError):
     def __init__(self, status: int, message: str, hint: Optional[str] = None) -> None:
         super().__init__(f"mmbatchd: {message} (HTTP {status})", hint=hint)
         self.status = status
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self._path)
-        except OSError:
-            s.close()
-            raise
-        self.sock = s
 
 
 class NodeClient:
@@ -63,7 +47,7 @@ class NodeClient:
 
     def _connections(self):
         if self.socket_file and os.path.exists(self.socket_file):
-            yield _UnixConnection(self.socket_file, self.timeout), {}
+            yield UnixHTTPConnection(self.socket_file, self.timeout), {}
         if self.tcp is not None and self.token:
             yield http.client.HTTPConnection(self.tcp[0], self.tcp[1], timeout=self.timeout), \
                 {"Authorization": f"Bearer {self.token}"}
