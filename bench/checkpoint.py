@@ -151,6 +151,23 @@ def timed(*argv):
     return time.perf_counter() - t0
 
 
+def _bare_images(image, work, mib, fill, root, bare_id):
+    """Run the job's bare runc twin until it is ready and dump it once (it
+    exits): its bundle and images, the baseline every restore is timed against."""
+    bundle = _bare_bundle(image, work, mib, fill)
+    subprocess.run(["runc", "--root", root, "run", "-d", "--bundle", bundle, bare_id],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(bundle, "rootfs", "ready")):
+        if time.time() > deadline:
+            raise RuntimeError("bare job never got ready")
+        time.sleep(0.2)
+    images = os.path.join(work, "images")
+    os.makedirs(images)
+    sh("runc", "--root", root, "checkpoint", "--image-path", images, "--work-path", images + "-dump", bare_id)
+    return bundle, images
+
+
 def _bare_bundle(image, workdir, mib, fill="rotated"):
     """A plain runc bundle running the same job from the same image, no engine."""
     bundle = os.path.join(workdir, "bundle")
@@ -209,17 +226,7 @@ def bench_restore(image, cfg, mib, runs, staging, fill="rotated"):
                              cfg.runtime.state_dir, reason="bench")
         sh("docker", "kill", ours)
         os.makedirs(work)
-        bundle = _bare_bundle(image, work, mib, fill)
-        subprocess.run(["runc", "--root", root, "run", "-d", "--bundle", bundle, bare_id],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        deadline = time.time() + 300
-        while not os.path.exists(os.path.join(bundle, "rootfs", "ready")):
-            if time.time() > deadline:
-                raise RuntimeError("bare job never got ready")
-            time.sleep(0.2)
-        images = os.path.join(work, "images")
-        os.makedirs(images)
-        sh("runc", "--root", root, "checkpoint", "--image-path", images, "--work-path", images + "-dump", bare_id)
+        bundle, images = _bare_images(image, work, mib, fill, root, bare_id)
         rows = {"mmbatch": [], "runc": []}
         for i in range(runs):
             order = ["mmbatch", "runc"] if i % 2 == 0 else ["runc", "mmbatch"]

@@ -39,7 +39,7 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.checkpoint import JOB, _bare_bundle, _runc_restore, gaps_in, wait_ready  # noqa: E402
+from bench.checkpoint import JOB, _bare_images, _runc_restore, gaps_in, wait_ready  # noqa: E402
 from bench.common import machine, median_ratio, median_ratio_or_none, positive_int, save  # noqa: E402
 from mmbatch import config as config_mod  # noqa: E402
 from tests.lib.docker import ensure_python  # noqa: E402
@@ -222,18 +222,7 @@ def bench_restore(image: str, docker_image: str, mib: int, runs: int, staging: s
         wait_ready(name, engine="podman")
         podman("container", "checkpoint", "--compress", compress, "--export", export, name)
         remove(name)
-        bundle = _bare_bundle(docker_image, work, mib, fill)
-        subprocess.run(["runc", "--root", root, "run", "-d", "--bundle", bundle, bare_id],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        deadline = time.time() + 300
-        while not os.path.exists(os.path.join(bundle, "rootfs", "ready")):
-            if time.time() > deadline:
-                raise RuntimeError("bare job never got ready")
-            time.sleep(0.2)
-        images = os.path.join(work, "images")
-        os.makedirs(images)
-        subprocess.run(["runc", "--root", root, "checkpoint", "--image-path", images, "--work-path",
-                        images + "-dump", bare_id], check=True, capture_output=True)
+        bundle, images = _bare_images(docker_image, work, mib, fill, root, bare_id)
         rows: Dict[str, List[Dict]] = {"podman": [], "runc": []}
         for i in range(runs):
             for which in (["podman", "runc"] if i % 2 == 0 else ["runc", "podman"]):
