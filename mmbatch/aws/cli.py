@@ -38,7 +38,7 @@ def _store_args(p: argparse.ArgumentParser, kms: bool = True) -> None:
 def cmd_user_data(args: argparse.Namespace, _cfg: Any) -> int:
     opts = user_data.UserDataOptions(
         store=args.store, source=args.source, source_sha256=args.source_sha256, mode=args.mode, gpu=args.gpu,
-        region=args.region, sse="aws:kms" if args.kms_key_arn else "AES256", kms_key_id=args.kms_key_arn,
+        region=args.region, sse=s3_bucket.sse_mode(args.kms_key_arn), kms_key_id=args.kms_key_arn,
         expected_bucket_owner=args.account, stop_timeout=args.stop_timeout, start_timeout=args.start_timeout,
         spot_draining=args.spot_draining)
     sys.stdout.write(user_data.render(opts))

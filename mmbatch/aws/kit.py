@@ -96,7 +96,7 @@ def requests(opts: KitOptions) -> List[Tuple[str, ApiRequest]]:
 def render_user_data(opts: KitOptions) -> str:
     return user_data.render(user_data.UserDataOptions(
         store=opts.store, source=opts.source, source_sha256=opts.source_sha256, mode=opts.mode, gpu=opts.gpu,
-        region=opts.region, sse="aws:kms" if opts.kms_key_arn else "AES256", kms_key_id=opts.kms_key_arn,
+        region=opts.region, sse=s3_bucket.sse_mode(opts.kms_key_arn), kms_key_id=opts.kms_key_arn,
         expected_bucket_owner=opts.account))
 
 

@@ -47,11 +47,16 @@ def _owner(params: Dict[str, Any], account: Optional[str]) -> Dict[str, Any]:
     return params
 
 
+def sse_mode(kms_key_arn: Optional[str]) -> str:
+    """The store's server-side encryption: SSE-KMS with a key, else SSE-S3."""
+    return "aws:kms" if kms_key_arn else "AES256"
+
+
 def bucket_policy(store: str, partition: str = "aws", kms_key_arn: Optional[str] = None) -> Dict[str, Any]:
     """The bucket policy document: TLS only; the store's encryption on its prefix."""
     check_partition(partition)
     loc = S3Location.parse(store)
-    sse = "aws:kms" if kms_key_arn else "AES256"
+    sse = sse_mode(kms_key_arn)
     statements: List[Dict[str, Any]] = [
         {"Sid": "MmbatchTlsOnly", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
          "Resource": [loc.bucket_arn(partition), f"{loc.bucket_arn(partition)}/*"],
