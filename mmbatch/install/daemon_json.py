@@ -35,9 +35,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from mmbatch.errors import MmbatchError
 from mmbatch.install.atomic import write_atomic
-from mmbatch.install.errors import DaemonJsonError, InstallError
+from mmbatch.install.errors import DaemonJsonError, InstallError, run_reporting
 
 RUNTIME_NAME = "mmbatch"
 # Names under which dockerd knows plain runc without a `runtimes` entry.
@@ -388,14 +387,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except MmbatchError as e:
-        print(f"mmbatch-install: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"mmbatch-install: error: {e.filename or args.file}: {e.strerror}", file=sys.stderr)
-        return 1
+    return run_reporting(lambda: int(args.func(args)), args.file)
 
 
 if __name__ == "__main__":

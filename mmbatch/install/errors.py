@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import sys
+from typing import Callable, Optional
 
 from mmbatch.errors import MmbatchError
 
@@ -33,3 +34,16 @@ class DaemonJsonError(InstallError):
         super().__init__(message, path=path, hint=hint)
         self.line = line
         self.column = column
+
+
+def run_reporting(action: Callable[[], int], path: str) -> int:
+    """Run an installer command: its exit code, or 1 with the error on stderr
+    (an OSError names its file, else `path`)."""
+    try:
+        return action()
+    except MmbatchError as e:
+        print(f"mmbatch-install: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"mmbatch-install: error: {e.filename or path}: {e.strerror}", file=sys.stderr)
+        return 1

@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence
 from mmbatch import config
 from mmbatch.errors import ConfigError, MmbatchError
 from mmbatch.install.atomic import create_exclusive
-from mmbatch.install.errors import InstallError
+from mmbatch.install.errors import InstallError, run_reporting
 
 
 def toml_string(value: str) -> str:
@@ -141,23 +141,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--mode", choices=config.MODES)
     p.add_argument("--delegate")
     args = p.parse_args(argv)
-    try:
-        written = write_if_absent(args.file, args.store, args.mode, args.delegate)
-        if not written:
-            for note in differences(config.load(args.file), args.store, args.mode, args.delegate):
-                print(f"mmbatch-install: warning: {args.file} exists and is kept: {note}", file=sys.stderr)
-    except MmbatchError as e:
-        print(f"mmbatch-install: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"mmbatch-install: error: {e.filename or args.file}: {e.strerror}", file=sys.stderr)
-        return 1
-    except ImportError as e:  # tomli, on Python < 3.11 outside the venv
-        print(f"mmbatch-install: error: cannot validate {args.file}: {e} (run with the venv's python)",
-              file=sys.stderr)
-        return 1
-    print(f"written={int(written)}")
-    return 0
+
+    def write() -> int:
+        try:
+            written = write_if_absent(args.file, args.store, args.mode, args.delegate)
+            if not written:
+                for note in differences(config.load(args.file), args.store, args.mode, args.delegate):
+                    print(f"mmbatch-install: warning: {args.file} exists and is kept: {note}", file=sys.stderr)
+        except ImportError as e:  # tomli, on Python < 3.11 outside the venv
+            print(f"mmbatch-install: error: cannot validate {args.file}: {e} (run with the venv's python)",
+                  file=sys.stderr)
+            return 1
+        print(f"written={int(written)}")
+        return 0
+
+    return run_reporting(write, args.file)
 
 
 if __name__ == "__main__":
