@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -27,18 +26,11 @@ from mmbatch.imds_fake import FakeImds
 from tests.conftest import unavailable
 from tests.integration.daemon import daemon_jobs as jobs
 from tests.integration.daemon.node import REPO, Node
+from tests.lib.s3server import free_ports
 
 pytestmark = [pytest.mark.docker, pytest.mark.criu, pytest.mark.root, pytest.mark.slow]
 
 TOKEN = "integration-" + os.urandom(16).hex()
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture
@@ -54,7 +46,7 @@ def api_node(docker_engine, needs_root, busybox_image):
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT, 0o600)
         os.write(fd, (TOKEN + "\n").encode())
         os.close(fd)
-        port = free_port()
+        port = free_ports(1)[0]
         with open(node.config, encoding="utf-8") as f:
             text = f.read()
         text = text.replace("[api]\n", f'[api]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{token_file}"\n', 1)

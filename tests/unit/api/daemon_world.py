@@ -11,27 +11,15 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from mmbatch import config as config_mod
 from mmbatch.checkpointer import open_repository
 from mmbatch.daemon import Daemon
 from mmbatch.manifest import Manifest
+from tests.lib.fake_engine import FakeEngine
 
 TOKEN = "t0ken-" + "a1b2c3d4" * 4
-
-
-class FakeEngine:
-    """The engine's container list and event stream (no dockerd in unit tests)."""
-
-    def __init__(self) -> None:
-        self.running: List[str] = []
-
-    def list_containers(self, label=None) -> List[Dict[str, Any]]:
-        return [{"Id": c, "State": "running"} for c in self.running]
-
-    def events(self, *a, **kw):
-        return iter(())
 
 
 def cid_of(n: int) -> str:

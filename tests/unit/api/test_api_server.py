@@ -25,7 +25,8 @@ from mmbatch.api.metrics import parse_text
 from mmbatch.checkpointer import CheckpointResult
 from mmbatch.daemon import Daemon
 from mmbatch.spot import InterruptionNotice
-from tests.unit.api.daemon_world import TOKEN, FakeEngine, cid_of, commit_checkpoint, running_node
+from tests.lib.fake_engine import FakeEngine
+from tests.unit.api.daemon_world import TOKEN, cid_of, commit_checkpoint, running_node
 
 
 @pytest.fixture

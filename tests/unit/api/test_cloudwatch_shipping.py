@@ -22,16 +22,9 @@ import pytest
 
 from mmbatch import logs
 from tests.conftest import unavailable
+from tests.lib.s3server import free_ports
 
 GROUP = "/mmbatch/test"
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +33,7 @@ def moto_url():
         import moto.server  # noqa: F401
     except ImportError:
         unavailable("moto[server] is not installed (a test-only dependency)")
-    port = free_port()
+    port = free_ports(1)[0]
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

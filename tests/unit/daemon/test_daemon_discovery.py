@@ -24,17 +24,7 @@ from mmbatch.daemon import Daemon
 from mmbatch.errors import ConfigError, MmbatchError
 from mmbatch.manifest import Manifest
 from mmbatch.scheduler import spread
-
-
-class FakeEngine:
-    def __init__(self) -> None:
-        self.running: List[str] = []
-
-    def list_containers(self, label=None) -> List[Dict[str, Any]]:
-        return [{"Id": c, "State": "running"} for c in self.running]
-
-    def events(self, *a, **kw):
-        return iter(())
+from tests.lib.fake_engine import FakeEngine
 
 
 @pytest.fixture
