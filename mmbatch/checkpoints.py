@@ -695,16 +695,17 @@ class CheckpointRepository:
         for entry, tmp, _final in finals:
             file_off = 0
             group: List[ChunkRef] = []
-            group_off = group_first = 0
+            group_off = group_first = group_len = 0
             for i, ref in enumerate(entry.chunks):
                 if group and (ref.object != group[-1].object
                               or ref.offset != group[-1].offset + group[-1].size
-                              or sum(r.size for r in group) + ref.size > max_read):
+                              or group_len + ref.size > max_read):
                     yield entry, tmp, group_off, group_first, group
                     group = []
                 if not group:
-                    group_off, group_first = file_off, i
+                    group_off, group_first, group_len = file_off, i, 0
                 group.append(ref)
+                group_len += ref.size
                 file_off += ref.size
             if group:
                 yield entry, tmp, group_off, group_first, group
